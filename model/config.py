@@ -1,0 +1,104 @@
+"""GPTConfig: every architectural switch of the network, validated on construction.
+
+Two presets name the two families the code supports:
+
+- ``classic``: GPT-2 exactly as OpenAI shipped it (and nanoGPT rebuilt it): learned absolute
+  positions, pre-LayerNorm, tanh-GELU MLP, biases, tied input/output embeddings.
+- ``modern``: the switches that cut time-to-loss in modded-nanogpt and nanochat: rotary
+  positions, RMSNorm, no biases, QK-norm, ReLU² MLP, untied head, zero-initialised output
+  projections, an optional logit soft-cap and grouped-query attention (``n_kv_head``).
+
+Each switch is a field, so any mix is one config away; there is one network, not two forks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+POS_EMB = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024  # context length: the most tokens one forward pass attends over
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    n_kv_head: int | None = None  # grouped-query attention: key/value heads; None = n_head
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear layers and LayerNorm, as in GPT-2
+    pos_emb: str = "learned"  # "learned" (GPT-2 wpe) or "rope" (rotary, applied to q and k)
+    rope_theta: float = 10000.0
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    norm_eps: float = 1e-5
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before attention
+    activation: str = "gelu_tanh"  # "gelu_tanh" (GPT-2's), "gelu" (exact erf) or "relu2"
+    mlp_ratio: int = 4
+    tie_embeddings: bool = True  # lm_head shares wte's weight
+    logit_softcap: float | None = None  # logits = c * tanh(logits / c); None = off
+    zero_init: bool = False  # zero-init residual output projections and the untied head
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if not isinstance(self.n_kv_head, int) or self.n_kv_head <= 0:
+            raise ValueError(f"GPTConfig.n_kv_head must be a positive integer, got {self.n_kv_head!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head != 0:
+            raise ValueError(f"GPTConfig.n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if self.pos_emb == "rope" and self.head_dim % 2 != 0:
+            raise ValueError(f"GPTConfig.pos_emb='rope' needs an even head size, got n_embd/n_head = {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name, allowed in (("pos_emb", POS_EMB), ("norm", NORMS), ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.logit_softcap is not None and self.logit_softcap <= 0:
+            raise ValueError(f"GPTConfig.logit_softcap must be positive or None, got {self.logit_softcap}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def classic(cls, **overrides: Any) -> "GPTConfig":
+        """GPT-2 as OpenAI built it (nanoGPT's model)."""
+        return cls(**overrides)
+
+    @classmethod
+    def modern(cls, **overrides: Any) -> "GPTConfig":
+        """Rotary, RMSNorm, QK-norm, ReLU², untied zero-init head, no biases."""
+        base = dict(pos_emb="rope", norm="rmsnorm", bias=False, qk_norm=True, activation="relu2",
+                    tie_embeddings=False, zero_init=True, logit_softcap=15.0)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+        """``GPTConfig.preset("classic" | "modern", **overrides)``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+        return getattr(cls, name)(**overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown GPTConfig fields {unknown}; the checkpoint was written by a newer quillgpt?")
+        return cls(**d)
+
+
+PRESETS = ("classic", "modern")

@@ -1,0 +1,115 @@
+"""Autoregressive generation: prefill once, then one cached token per step.
+
+Window policy (what happens past ``block_size``)
+-----------------------------------------------
+The model never attends over more than ``block_size`` tokens. The context for the next
+token is ``tokens[start:n]``:
+
+- a prompt longer than the window keeps its last ``block_size`` tokens (``start = n - block_size``);
+- when a new token would make the window overflow, the window slides: it keeps the last
+  ``window_keep`` tokens (default ``block_size // 2``) and those are prefilled again.
+
+Learned positions make cached keys position-dependent, so the cache cannot slide; rotary
+keys could, but their deeper layers were computed with the older context. Re-prefilling
+is exact for both, and doing it every ``block_size - window_keep`` tokens keeps its cost
+amortised. ``window_keep = block_size`` gives nanoGPT's crop-every-step behaviour (a full
+forward per token past the window). The uncached path (``use_cache=False``) applies the same
+policy with a full forward per token, so both paths produce the same tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from .sampling import apply_repetition_penalty, check_sampling_args, sample_next
+
+
+def _make_generator(device: torch.device, seed: int | None,
+                    generator: torch.Generator | None) -> torch.Generator | None:
+    if generator is not None:
+        return generator
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@torch.inference_mode()
+def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                    top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                    repetition_penalty: float | None = None, stop_ids: list[int] | None = None,
+                    seed: int | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
+                    window_keep: int | None = None) -> Iterator[torch.Tensor]:
+    """Yield each step's sampled tokens, (B,) int64, for up to ``max_new_tokens`` steps.
+
+    A row that samples one of ``stop_ids`` is finished: it keeps repeating that token, and
+    the stream ends early once every row is finished.
+    """
+    if idx.dim() != 2 or idx.size(1) < 1:
+        raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1, got shape {tuple(idx.shape)}")
+    if max_new_tokens is None or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+    cfg = model.config
+    block = cfg.block_size
+    keep = block // 2 if window_keep is None else window_keep
+    if not 1 <= keep <= block:
+        raise ValueError(f"window_keep must be in [1, block_size={block}], got {window_keep}")
+
+    B, T0 = idx.shape
+    device = idx.device
+    gen = _make_generator(device, seed, generator)
+    tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)  # written in place, no cat
+    tokens[:, :T0] = idx
+    n = T0  # tokens so far
+    start = max(0, n - block)  # the window is tokens[start:n]
+    cache = model.new_kv_cache(B) if use_cache else None
+    cache_start = start  # the cache holds tokens[cache_start : cache_start + cache.pos]
+    seen = None
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=device).scatter_(1, idx, True)
+    stop = torch.tensor(sorted(set(stop_ids)), device=device) if stop_ids else None
+    finished = torch.zeros(B, dtype=torch.bool, device=device) if stop is not None else None
+
+    for _ in range(max_new_tokens):
+        if n - start > block:  # overflow: slide the window, keeping its last `keep` tokens
+            start = n - keep
+        if cache is None:
+            logits, _ = model(tokens[:, start:n], last_only=True)
+        else:
+            if cache_start != start:  # the window slid: re-prefill it
+                cache.reset()
+                cache_start = start
+            logits, _ = model(tokens[:, cache_start + cache.pos:n], kv_cache=cache, last_only=True)
+        logits = logits[:, -1, :]  # (B, V)
+        if seen is not None:
+            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+        nxt = sample_next(logits, temperature, top_k, top_p, min_p, generator=gen)  # (B,)
+        if finished is not None:
+            nxt = torch.where(finished, tokens[:, n - 1], nxt)  # finished rows repeat their stop token
+            finished |= torch.isin(nxt, stop)
+        if seen is not None:
+            seen.scatter_(1, nxt.unsqueeze(1), True)
+        tokens[:, n] = nxt
+        n += 1
+        yield nxt
+        if finished is not None and bool(finished.all()):
+            return
+
+
+def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
+             callback: Callable[[torch.Tensor], None] | None = None, **kwargs) -> torch.Tensor:
+    """Continue ``idx`` (B, T); returns (B, T + new) like nanoGPT's generate.
+
+    ``callback`` (if given) receives each step's (B,) tokens as they are sampled. ``new`` is
+    ``max_new_tokens`` unless every row hit a stop id first. Keyword arguments are those of
+    ``generate_stream``: temperature, top_k, top_p, min_p, repetition_penalty, stop_ids, seed,
+    generator, use_cache, window_keep.
+    """
+    steps = []
+    for nxt in generate_stream(model, idx, max_new_tokens, **kwargs):
+        steps.append(nxt)
+        if callback is not None:
+            callback(nxt)
+    return torch.cat([idx, torch.stack(steps, dim=1)], dim=1)

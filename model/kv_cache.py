@@ -1,0 +1,39 @@
+"""KVCache: preallocated keys and values for every layer, so decoding never reallocates.
+
+Shape per layer: (B, n_kv_head, max_len, head_dim). The buffers are allocated on the first
+write, with the dtype the attention actually produces (bf16 under autocast, else the
+weights' dtype). ``pos`` counts filled positions: a forward pass with T new tokens writes
+slots [pos, pos + T) in every layer, attends over [0, pos + T), and only then advances
+``pos`` (in ``GPT.forward``, after the last layer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int) -> None:
+        self.shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.max_len = max_len
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.pos = 0  # a Python int: reading it never syncs the device
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's (B, nkv, T, hs) keys/values for ``layer``; return all keys/values so far."""
+        if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device:
+            self.k = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
+            self.v = torch.zeros(self.shape, device=v.device, dtype=v.dtype)
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nkv, pos+T, hs) views
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+
+    def reset(self) -> None:
+        self.pos = 0

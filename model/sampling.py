@@ -1,0 +1,89 @@
+"""Samplers: one step of logits (B, V) -> next token ids (B,).
+
+The order matches Hugging Face's generate: repetition penalty, temperature, top-k, top-p,
+min-p, then a draw. Temperature 0 is greedy argmax (no division). Every filter works on
+whole batches with tensor ops, so one decode step costs the same few kernels for any B.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, min_p: float | None,
+                        repetition_penalty: float | None) -> None:
+    """Raise ValueError, naming the valid range, for any out-of-range sampling control."""
+    if temperature is None or temperature < 0 or temperature != temperature:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+    if repetition_penalty is not None and not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's penalty: for tokens already seen, divide positive logits by ``penalty``, multiply negative ones.
+
+    ``seen`` is a (B, V) boolean mask of tokens present in each row's context.
+    """
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
+
+
+def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep exactly the k largest logits per row (ties broken by index), set the rest to -inf."""
+    values, indices = torch.topk(logits, k, dim=-1)  # (B, k)
+    return torch.full_like(logits, float("-inf")).scatter_(-1, indices, values)
+
+
+def filter_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus: keep the smallest set of most likely tokens whose cumulative probability reaches p."""
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)  # (B, V)
+    mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly more likely tokens
+    sorted_probs = sorted_probs.masked_fill(mass_before >= p, 0.0)  # the top token always survives
+    return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+
+
+def filter_min_p(probs: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep tokens whose probability is at least ``min_p`` times the row's most likely token."""
+    threshold = min_p * probs.amax(dim=-1, keepdim=True)  # (B, 1)
+    return probs.masked_fill(probs < threshold, 0.0)
+
+
+def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
+    """(B, V) probabilities after temperature (> 0), top-k, top-p and min-p; rows are not renormalised."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k and top_k < logits.size(-1):
+        logits = filter_top_k(logits, top_k)
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    if top_p is not None and top_p < 1.0:
+        probs = filter_top_p(probs, top_p)
+    if min_p:
+        probs = filter_min_p(probs, min_p)
+    return probs
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, min_p: float | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row from (B, V) logits; returns (B,) int64."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
+    # multinomial takes unnormalised weights, so filtered rows need no renormalising pass
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                            top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
+    """The exact (B, V) distribution ``sample_next`` draws from (one-hot argmax at temperature 0)."""
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).to(logits.dtype)
+    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
+    return probs / probs.sum(dim=-1, keepdim=True)

@@ -1,0 +1,291 @@
+"""One option system for every quillgpt program: typed dataclasses, TOML presets, --help.
+
+A program declares its options as a dataclass whose fields carry a help string:
+
+    @dataclass
+    class SampleOptions:
+        temperature: float = opt(0.8, "softmax temperature; 0 = greedy")
+
+and calls ``parse(SampleOptions, argv)``. Values are resolved as
+defaults < TOML file(s) < command line, and every value is coerced to its field's type.
+Mistakes raise ``UsageError`` with one line saying what was wrong and what to do;
+``run_main`` turns that into a message on stderr and exit code 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import types
+import typing
+from dataclasses import MISSING, field, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+class UsageError(ValueError):
+    """A mistake by the user (bad option, missing file, bad checkpoint): exit code 2."""
+
+
+def opt(default: Any, help: str, *, aliases: Sequence[str] = (), choices: Sequence[Any] | None = None) -> Any:
+    """A dataclass field with a help string (and optional aliases and allowed values)."""
+    meta = {"help": help, "aliases": tuple(aliases), "choices": tuple(choices) if choices else None}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------- types
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """Optional[X] -> (X, True); X -> (X, False)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def type_name(tp: Any) -> str:
+    """A short human name for a field type, as shown in --help and errors."""
+    base, optional = _unwrap_optional(tp)
+    if typing.get_origin(base) is list:
+        (inner,) = typing.get_args(base)
+        name = f"list of {inner.__name__}"
+    else:
+        name = getattr(base, "__name__", str(base))
+    return f"{name} or none" if optional else name
+
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a CLI string or TOML value to the field type, or raise UsageError naming the key."""
+    base, optional = _unwrap_optional(tp)
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
+        return None
+    try:
+        if typing.get_origin(base) is list:
+            (inner,) = typing.get_args(base)
+            items = value if isinstance(value, list) else [value]
+            return [coerce(v, inner, key) for v in items]
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).strip().lower()
+            if s in _TRUE:
+                return True
+            if s in _FALSE:
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            s = str(value).strip().replace("_", "")
+            try:
+                return int(s)
+            except ValueError:
+                f = float(s)  # accept 1e4 for an int option, as nanoGPT users write it
+                if not f.is_integer():
+                    raise
+                return int(f)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (ValueError, TypeError):
+        raise UsageError(f"--{key}: expected {type_name(tp)}, got {value!r}") from None
+    raise UsageError(f"--{key}: unsupported option type {tp!r}")  # a programming error, kept loud
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def _field_table(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, str]]:
+    hints = typing.get_type_hints(cls)
+    table = {}
+    alias = {}
+    for f in fields(cls):
+        f.type = hints[f.name]
+        table[f.name] = f
+        for a in f.metadata.get("aliases", ()):
+            alias[a] = f.name
+    return table, alias
+
+
+def _suggest(key: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    return f"; did you mean --{close[0]}?" if close else "; see --help for the list"
+
+
+def load_toml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML preset; nested tables are flattened (a [model] table just groups keys)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file not found: {p} (give a path to a .toml file, e.g. configs/shakespeare_char.toml)")
+    try:
+        with open(p, "rb") as f:
+            raw = tomllib.load(f)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{p}: not valid TOML ({e})") from None
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any]) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v)
+            else:
+                flat[k] = v
+
+    walk(raw)
+    return flat
+
+
+def parse(cls: type, argv: Sequence[str] | None = None, *, prog: str | None = None, description: str = "",
+          config_files: bool = True) -> Any:
+    """Build ``cls`` from defaults < TOML files < ``--key=value`` arguments.
+
+    Accepts ``--key=value``, ``--key value``, bare ``--flag`` / ``--no-flag`` for booleans,
+    repeated ``--key`` for list fields, and TOML presets given positionally or with ``--config``.
+    ``-h``/``--help`` prints every option and exits 0.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or Path(sys.argv[0]).name
+    table, alias = _field_table(cls)
+    names = list(table) + list(alias)
+
+    files: list[str] = []
+    cli: list[tuple[str, Any]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in ("-h", "--help"):
+            print(format_help(cls, prog, description, config_files))
+            raise SystemExit(0)
+        if not arg.startswith("--"):
+            if config_files and arg.endswith(".toml"):
+                files.append(arg)
+                continue
+            raise UsageError(f"unexpected argument {arg!r}; options look like --key=value (see --help)")
+        body = arg[2:]
+        key, eq, value = body.partition("=")
+        key = key.replace("-", "_")
+        if key == "config" and config_files:
+            if not eq:
+                if i >= len(argv):
+                    raise UsageError("--config needs a path to a .toml file")
+                value, i = argv[i], i + 1
+            files.append(value)
+            continue
+        negated = False
+        if key not in table and key not in alias and key.startswith("no_") and key[3:] in table:
+            key, negated = key[3:], True
+        key = alias.get(key, key)
+        if key not in table:
+            raise UsageError(f"unknown option --{body.partition('=')[0]}{_suggest(key, names)}")
+        base, _ = _unwrap_optional(table[key].type)
+        if negated:
+            if base is not bool or eq:
+                raise UsageError(f"--no-{key} only works for on/off options")
+            cli.append((key, False))
+            continue
+        if not eq:
+            nxt = argv[i] if i < len(argv) else None
+            if base is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
+                cli.append((key, True))
+                continue
+            if nxt is None:
+                raise UsageError(f"--{key} needs a value ({type_name(table[key].type)})")
+            value, i = nxt, i + 1
+        cli.append((key, value))
+
+    values: dict[str, Any] = {}
+    for path in files:
+        for key, value in load_toml(path).items():
+            key = alias.get(key, key)
+            if key not in table:
+                raise UsageError(f"{path}: unknown option {key!r}{_suggest(key, names)}")
+            values[key] = coerce(value, table[key].type, key)
+    lists_seen: set[str] = set()
+    for key, value in cli:
+        v = coerce(value, table[key].type, key)
+        if typing.get_origin(_unwrap_optional(table[key].type)[0]) is list:
+            # a repeated list option accumulates; the first CLI use replaces the file's value
+            v = (values.get(key) or []) + v if key in lists_seen else v
+            lists_seen.add(key)
+        values[key] = v
+    for key, v in values.items():
+        choices = table[key].metadata.get("choices")
+        if choices and v is not None and v not in choices:
+            raise UsageError(f"--{key}: {v!r} is not one of {', '.join(map(str, choices))}")
+    try:
+        return cls(**values)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
+def format_help(cls: type, prog: str, description: str = "", config_files: bool = True) -> str:
+    """Every option with its type, default and help string."""
+    table, _ = _field_table(cls)
+    lines = [f"usage: {prog} [preset.toml ...] [--key=value ...]" if config_files else f"usage: {prog} [--key=value ...]"]
+    if description:
+        lines += ["", description.strip()]
+    lines += ["", "options (defaults < --config/positional TOML files < command line):"]
+    if config_files:
+        lines.append("  --config PATH                  a TOML preset (repeatable); later files win")
+    for name, f in table.items():
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+        meta = f.metadata
+        extra = []
+        if meta.get("choices"):
+            extra.append("one of: " + ", ".join(map(str, meta["choices"])))
+        if meta.get("aliases"):
+            extra.append("alias: " + ", ".join("--" + a for a in meta["aliases"]))
+        head = f"  --{name} ({type_name(f.type)}, default {default!r})"
+        lines.append(head)
+        lines.append("      " + meta.get("help", "") + (f" [{'; '.join(extra)}]" if extra else ""))
+    lines.append("  -h, --help                     show this message and exit")
+    return "\n".join(lines)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a JSON-ready dict."""
+    return dataclasses.asdict(obj)
+
+
+def run_main(fn: Callable[[], Any]) -> None:
+    """Run a program's main(): usage errors print one line to stderr and exit 2, no traceback.
+
+    Set QUILLGPT_DEBUG=1 to see the full traceback instead.
+    """
+    try:
+        code = fn()
+    except (UsageError, FileNotFoundError) as e:
+        if os.environ.get("QUILLGPT_DEBUG"):
+            raise
+        msg = str(e) if isinstance(e, UsageError) else f"file not found: {e.filename or e}"
+        print(f"error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(code or 0)
