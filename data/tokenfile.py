@@ -1,0 +1,166 @@
+"""Encode a corpus stream into flat token files (train.bin, val.bin), optionally over processes.
+
+A token file is the raw ids back to back in native-endian uint16 (vocab <= 65,536) or uint32,
+no header: the loader memory-maps it and the size alone gives the token count. Documents end
+with the tokenizer's end-of-text id (or a blank line for the char tokenizer, which has none),
+so the model learns where one text stops and the next starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import multiprocessing as mp
+from collections import deque
+from pathlib import Path
+from typing import IO, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+from data.sources import Piece
+from data.tokenizer import Tokenizer
+
+DOC_SEPARATOR_TEXT = "\n\n"  # what ends a document when the tokenizer has no EOT (char)
+CHUNK_CHARS = 1 << 20  # text per task sent to a worker: big enough to amortize IPC
+
+T = TypeVar("T", str, list)
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def capped(stream: Iterable[tuple[str, T]], caps: dict[str, int] | None) -> Iterator[tuple[str, T]]:
+    """Pass (split, item) pairs through, cutting each split at its cap and stopping once all are full.
+
+    Items are token lists when writing and texts when building a char vocabulary; for the char
+    tokenizer both have the same length, so both passes see the very same text.
+    """
+    if caps is None:
+        yield from stream
+        return
+    used = dict.fromkeys(caps, 0)
+    for split, item in stream:
+        item = item[: max(0, caps[split] - used[split])]  # a full split passes empty items through
+        used[split] += len(item)
+        yield split, item
+        if all(used[s] >= caps[s] for s in caps):
+            return
+
+
+def with_separator(pieces: Iterable[Piece], documents: bool) -> Iterator[Piece]:
+    """Texts as the char vocabulary must see them (a blank line after each document)."""
+    for split, text in pieces:
+        yield split, text + DOC_SEPARATOR_TEXT if documents else text
+
+
+# ---------------------------------------------------------------------------- encoding over processes
+
+# Set once per worker process by the pool initializer, so the tokenizer (50k GPT-2 ranks) is
+# sent to each worker once instead of with every task. The parent process never sets it.
+_worker_tokenizer: Tokenizer | None = None
+
+
+def _init_worker(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer
+    _worker_tokenizer = tokenizer
+
+
+def _encode_chunk(args: tuple[list[Piece], bool]) -> list[tuple[str, list[int]]]:
+    pieces, documents = args
+    return encode_pieces(_worker_tokenizer, pieces, documents)
+
+
+def encode_pieces(tokenizer: Tokenizer, pieces: Sequence[Piece], documents: bool) -> list[tuple[str, list[int]]]:
+    """Token ids of each piece, with the document separator appended in document mode."""
+    sep = ([tokenizer.eot] if tokenizer.eot is not None else tokenizer.encode(DOC_SEPARATOR_TEXT)) if documents else []
+    return [(split, tokenizer.encode(text) + sep) for split, text in pieces]
+
+
+def _chunks(pieces: Iterable[Piece], documents: bool) -> Iterator[tuple[list[Piece], bool]]:
+    chunk: list[Piece] = []
+    size = 0
+    for p in pieces:
+        chunk.append(p)
+        size += len(p[1])
+        if size >= CHUNK_CHARS:
+            yield chunk, documents
+            chunk, size = [], 0
+    if chunk:
+        yield chunk, documents
+
+
+def encode_stream(tokenizer: Tokenizer, pieces: Iterable[Piece], documents: bool,
+                  num_proc: int = 1) -> Iterator[tuple[str, list[int]]]:
+    """Encode pieces in order, on ``num_proc`` processes when > 1.
+
+    Tasks are submitted in bounded waves rather than with one ``imap`` over the whole stream:
+    Pool.imap reads its input as fast as it can, which on an endless hub stream means unbounded memory.
+    """
+    chunks = _chunks(pieces, documents)
+    if num_proc <= 1:
+        for chunk, docs in chunks:
+            yield from encode_pieces(tokenizer, chunk, docs)
+        return
+    with mp.get_context().Pool(num_proc, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+        while wave := list(itertools.islice(chunks, 2 * num_proc)):
+            for encoded in pool.imap(_encode_chunk, wave):
+                yield from encoded
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+class TokenWriter:
+    """Appends ids to a token file, counting and hashing the bytes as they are written."""
+
+    def __init__(self, path: Path, dtype: np.dtype):
+        self.path, self.dtype = Path(path), np.dtype(dtype)
+        self._f: IO[bytes] = open(self.path, "wb")
+        self._sha = hashlib.sha256()
+        self.tokens = 0
+
+    def write(self, ids: list[int]) -> None:
+        data = np.asarray(ids, dtype=self.dtype).tobytes()
+        self._f.write(data)
+        self._sha.update(data)
+        self.tokens += len(ids)
+
+    def close(self) -> dict:
+        self._f.close()
+        return {"tokens": self.tokens, "sha256": self._sha.hexdigest()}
+
+
+def write_splits(tokenizer: Tokenizer, pieces: Iterable[Piece], documents: bool, folder: Path,
+                 caps: dict[str, int] | None = None, num_proc: int = 1) -> dict[str, dict]:
+    """Encode the corpus into ``folder/train.bin`` and ``folder/val.bin``.
+
+    Returns token counts and sha256 of both files, and under "source" the sha256 of the UTF-8
+    text that was encoded, in stream order (for a single file: the file's own sha256).
+    """
+    dtype = token_dtype(tokenizer.vocab_size)
+    writers = {s: TokenWriter(Path(folder) / f"{s}.bin", dtype) for s in ("train", "val")}
+    # texts read but not yet written, in order: workers read ahead, and only the text that
+    # actually reached a token file belongs in the source checksum
+    pending: deque[str] = deque()
+
+    def remember(stream: Iterable[Piece]) -> Iterator[Piece]:
+        for piece in stream:
+            pending.append(piece[1])
+            yield piece
+
+    source = hashlib.sha256()
+    total = sum(caps.values()) if caps else None
+    try:
+        with tqdm(total=total, unit="tok", unit_scale=True, desc="tokenizing", disable=None) as bar:
+            for split, ids in capped(encode_stream(tokenizer, remember(pieces), documents, num_proc), caps):
+                text = pending.popleft()
+                if ids:
+                    source.update(text.encode("utf-8"))
+                    writers[split].write(ids)
+                    bar.update(len(ids))
+    finally:
+        stats = {s: w.close() for s, w in writers.items()}
+    stats["source"] = {"sha256": source.hexdigest()}
+    return stats
