@@ -1,0 +1,38 @@
+"""Shared test helpers: the repo root on sys.path, and the ../shared reference files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def shared_dir() -> Path:
+    """The reference folder beside the repo (or $QUILLGPT_SHARED); may not exist."""
+    return Path(os.environ.get("QUILLGPT_SHARED") or ROOT.parent / "shared")
+
+
+def shared_file(name: str) -> Path:
+    """A file under the shared folder, or skip the test saying what is missing."""
+    path = shared_dir() / name
+    if not path.is_file():
+        pytest.skip(f"../shared absent: {path} not found (set QUILLGPT_SHARED to the reference folder)")
+    return path
+
+
+@pytest.fixture
+def tinyshakespeare() -> Path:
+    """The char-rnn tiny shakespeare text from the shared folder."""
+    return shared_file("data/tinyshakespeare.txt")
+
+
+@pytest.fixture
+def gpt2_ranks() -> Path:
+    """GPT-2's BPE ranks in tiktoken format, so GPT-2 encoding needs no network."""
+    return shared_file("data/gpt2.tiktoken")
