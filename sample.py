@@ -1,0 +1,551 @@
+"""Write text with a trained quillgpt model (or OpenAI's GPT-2), streamed as it is generated.
+
+    python sample.py --temperature 0.8                      # the best checkpoint of ./out
+    python sample.py --out_dir=out --checkpoint=latest --prompt "ROMEO:" --num_samples 3
+    python sample.py --init_from=gpt2 --prompt FILE:prompt.txt --stop "\\n\\n"
+    echo "Once upon a time" | python sample.py --init_from=gpt2 --prompt -
+
+stdout carries only text: each sample is its prompt and continuation followed by a newline,
+and samples are separated by a ``---------------`` line, so ``python sample.py > out.txt``
+writes clean text. Everything else (checkpoint, device, parameters, seed, speed) goes to stderr.
+
+Several samples (``--num_samples``) are generated together as one batch. Output stays in
+sample order: sample 1 is printed live; the others are kept until every sample before them
+has finished, then printed at once and, if still running, continued live. Streaming is
+UTF-8 safe: each row's bytes go through an incremental decoder, so a character split across
+tokens is printed once, whole.
+
+Ctrl-C stops generation, keeps what was printed, ends the line and exits with code 130
+(128 + SIGINT, so a script can tell the text was cut short).
+
+torch is imported only after the options, checkpoint folder, tokenizer and prompt have been
+checked, so ``--help`` and most mistakes answer at once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Sequence
+
+from options import UsageError, opt, parse, run_main
+
+if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
+    import torch
+
+    from data.tokenizer import Tokenizer
+
+SEPARATOR = "---------------\n"
+CONFIG_FILE = "config.json"  # model.weights.CONFIG_FILE; duplicated so this module loads without torch
+WEIGHTS_FILE = "model.safetensors"  # model.weights.WEIGHTS_FILE
+
+
+@dataclass
+class SampleOptions:
+    out_dir: str = opt("out", "run folder written by train.py to sample from")
+    checkpoint: str = opt("auto", "which checkpoint of --out_dir: best (lowest val loss, OUT_DIR/best), latest "
+                                  "(OUT_DIR itself), or auto = best if saved, else latest",
+                          choices=("auto", "best", "latest"))
+    init_from: str = opt("", "instead of --out_dir: a quillgpt run folder, a local Hugging Face GPT-2 folder or a "
+                             "hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl); GPT-2 models use the gpt2 tokenizer")
+    prompt: str = opt("", "text to continue; FILE:path reads a UTF-8 file, - reads stdin; empty = a newline "
+                          "(char tokenizer) or <|endoftext|> (bpe/gpt2; not printed)", aliases=("start",))
+    max_new_tokens: int = opt(500, "tokens to generate per sample (>= 1)")
+    temperature: float = opt(0.8, "softmax temperature; 0 = greedy (argmax), < 1 safer, > 1 wilder")
+    top_k: int = opt(200, "sample only from the k most likely tokens; 0 = off")
+    top_p: float = opt(1.0, "nucleus sampling: the smallest set of tokens holding this probability, in (0, 1]; 1 = off")
+    min_p: float = opt(0.0, "drop tokens less likely than min_p x the most likely one, in [0, 1]; 0 = off")
+    repetition_penalty: float = opt(1.0, "CTRL penalty on tokens already in the context (> 0); 1 = off")
+    num_samples: int = opt(1, "samples to write, generated together as one batch (>= 1)")
+    seed: int | None = opt(None, "random seed; the same seed gives the same text, every sample included; "
+                                 "none = a fresh seed, shown on stderr")
+    stop: list[str] = opt([], "a sample ends at the first occurrence of this string, which is not printed; "
+                              "repeat for several; \\n, \\t and \\\\ are read as escapes")
+    stop_at_eot: bool = opt(True, "a sample ends at <|endoftext|> (bpe/gpt2 tokenizers); --no-stop_at_eot prints "
+                                  "it and carries on, as nanoGPT does")
+    stream: bool = opt(True, "print text as it is generated; --no-stream prints each sample when all are done")
+    device: str = opt("auto", "where to run: auto = cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
+    dtype: str = opt("auto", "compute precision: auto = bfloat16 on a GPU that has it, else float32",
+                     choices=("auto", "float32", "bfloat16", "float16"))
+    compile: bool = opt(False, "torch.compile the model (pays off on a GPU for long generations)")
+
+
+DESCRIPTION = __doc__.split("\n\n")[0] + """
+
+Samples are generated as one batch; sample 1 streams live and the others follow in order
+(each printed as soon as the ones before it are done). stdout holds only text, stderr the
+diagnostics. Ctrl-C keeps what was printed and exits with code 130."""
+
+
+def log(msg: str) -> None:
+    """A diagnostic line on stderr (stdout is reserved for the generated text)."""
+    print(f"sample: {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- checking options
+
+
+def check_options(o: SampleOptions) -> None:
+    """Reject out-of-range values before anything slow happens (UsageError naming the fix)."""
+    if o.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens must be >= 1, got {o.max_new_tokens}")
+    if o.num_samples < 1:
+        raise UsageError(f"--num_samples must be >= 1, got {o.num_samples}")
+    if not o.temperature >= 0:  # also catches nan
+        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {o.temperature}")
+    if o.top_k < 0:
+        raise UsageError(f"--top_k must be >= 0 (0 = off), got {o.top_k}")
+    if not 0.0 < o.top_p <= 1.0:
+        raise UsageError(f"--top_p must be in (0, 1] (1 = off), got {o.top_p}")
+    if not 0.0 <= o.min_p <= 1.0:
+        raise UsageError(f"--min_p must be in [0, 1] (0 = off), got {o.min_p}")
+    if not o.repetition_penalty > 0:
+        raise UsageError(f"--repetition_penalty must be > 0 (1 = off), got {o.repetition_penalty}")
+    if any(s == "" for s in o.stop):
+        raise UsageError("--stop needs a non-empty string")
+
+
+def unescape(s: str) -> str:
+    """Read \\n, \\t and \\\\ in a --stop string as newline, tab and backslash; leave other text alone."""
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 1 < len(s) and s[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[s[i + 1]])
+            i += 2
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------- checkpoint and tokenizer
+
+
+@dataclass
+class Source:
+    """Where the model comes from: a quillgpt run folder, or anything GPT.from_pretrained takes."""
+
+    folder: Path | None  # a quillgpt checkpoint folder (config.json + model.safetensors)
+    pretrained: str | None  # otherwise: a local Hugging Face GPT-2 folder or a hub name
+    meta: dict[str, Any]  # the quillgpt config.json ({} for GPT-2)
+    label: str
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path`` (UsageError naming the file if missing or corrupt)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"no {path.name} in {path.parent}: is it a run folder written by train.py?") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path} is unreadable or corrupt ({e}); restore it or retrain") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a JSON object; restore it or retrain")
+    return data
+
+
+def resolve_source(o: SampleOptions) -> Source:
+    """Pick the checkpoint folder from --init_from / --out_dir / --checkpoint, checking files exist."""
+    if o.init_from:
+        path = Path(o.init_from)
+        if path.is_dir():
+            meta = read_json(path / CONFIG_FILE)
+            if "model" in meta:  # our own run folder
+                return Source(path, None, meta, str(path))
+            return Source(None, o.init_from, {}, f"{path} (Hugging Face GPT-2 folder)")
+        if o.init_from.startswith((".", "/", "~")) or path.exists():
+            raise UsageError(f"--init_from: no such folder: {o.init_from} (give a run folder, a Hugging Face "
+                             "GPT-2 folder or a hub name such as gpt2)")
+        return Source(None, o.init_from, {}, f"{o.init_from} (GPT-2 from the Hugging Face hub)")
+
+    out = Path(o.out_dir)
+    if not out.is_dir():
+        raise UsageError(f"run folder not found: {out} (train one with `python train.py --out_dir={out}`, "
+                         "or pass --out_dir / --init_from)")
+    best, latest = out / "best", out
+    if o.checkpoint == "best" or (o.checkpoint == "auto" and (best / WEIGHTS_FILE).is_file()):
+        folder, which = best, "best"
+    else:
+        folder, which = latest, "latest"
+    if not (folder / WEIGHTS_FILE).is_file():
+        hint = ("use --checkpoint=latest" if which == "best" and (latest / WEIGHTS_FILE).is_file()
+                else "train first, or point --out_dir at a run folder")
+        raise UsageError(f"no {which} checkpoint: {folder / WEIGHTS_FILE} is missing ({hint})")
+    meta = read_json(folder / CONFIG_FILE)
+    if "model" not in meta:
+        raise UsageError(f"{folder / CONFIG_FILE} has no 'model' section: not a quillgpt checkpoint")
+    return Source(folder, None, meta, f"{folder} ({which})")
+
+
+def load_tokenizer_for(source: Source) -> "Tokenizer":
+    """The run's own tokenizer (spec in config.json), or GPT-2's for GPT-2 weights."""
+    from data.tokenizer import load_tokenizer
+
+    if source.folder is None:
+        return load_tokenizer({"kind": "gpt2"}, ".")
+    spec = source.meta.get("tokenizer")
+    if not isinstance(spec, dict):
+        raise UsageError(f"{source.folder / CONFIG_FILE} has no 'tokenizer' spec; re-save the run with train.py")
+    try:
+        return load_tokenizer(spec, source.folder)
+    except UsageError:
+        # the tokenizer file may live only in the run folder above best/
+        if source.folder.name == "best" and spec.get("file") and (source.folder.parent / spec["file"]).is_file():
+            return load_tokenizer(spec, source.folder.parent)
+        raise
+
+
+# ---------------------------------------------------------------------------- prompt
+
+
+def read_prompt(spec: str) -> str:
+    """The prompt text: literal, ``FILE:path`` (UTF-8) or ``-`` (stdin)."""
+    if spec == "-":
+        if sys.stdin.isatty():
+            log("reading the prompt from stdin; end it with Ctrl-D")
+        data = sys.stdin.buffer.read()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"--prompt -: stdin is not UTF-8 text ({e})") from None
+    if spec.startswith("FILE:"):
+        path = Path(spec[len("FILE:"):]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise UsageError(f"--prompt FILE:{path}: cannot read the prompt file ({reason}); "
+                             "give FILE:path to a readable UTF-8 text file") from None
+    return spec
+
+
+def encode_prompt(tok: "Tokenizer", text: str) -> tuple[list[int], str]:
+    """(prompt ids, text to print before the continuation). An empty prompt starts like nanoGPT."""
+    if not text:
+        if tok.kind == "char":
+            if "\n" in getattr(tok, "chars", ["\n"]):
+                return tok.encode("\n"), "\n"
+            return [0], ""  # a vocabulary without newline: start from its first character, unprinted
+        if tok.eot is not None:
+            return [tok.eot], ""  # <|endoftext|> means "a new document starts": not printed
+        raise UsageError("this tokenizer has no <|endoftext|> token; give a --prompt")
+    try:
+        ids = tok.encode(text)
+    except UsageError as e:
+        raise UsageError(f"--prompt: {e}") from None
+    if not ids:  # cannot happen for non-empty text with these tokenizers; kept as a guard
+        raise UsageError("--prompt encodes to no tokens; give some text")
+    return ids, text
+
+
+# ---------------------------------------------------------------------------- stop strings and output
+
+
+def first_stop(text: str, stops: Sequence[str]) -> tuple[int, int] | None:
+    """(start, end) of the stop string that completes first in ``text`` (earliest end, then earliest start)."""
+    best = None
+    for s in stops:
+        i = text.find(s)
+        if i >= 0 and (best is None or (i + len(s), i) < (best[1], best[0])):
+            best = (i, i + len(s))
+    return best
+
+
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` could be the start of a stop string (so must wait)."""
+    longest = max((len(s) for s in stops), default=0)
+    for k in range(min(len(text), longest - 1), 0, -1):
+        tail = text[-k:]
+        if any(s.startswith(tail) for s in stops):
+            return k
+    return 0
+
+
+class RowDecoder:
+    """One sample's tokens -> printable text: incremental UTF-8, stop strings held back until decided."""
+
+    def __init__(self, tok: "Tokenizer", stops: Sequence[str], stop_id: int | None) -> None:
+        self.tok = tok
+        self.stops = list(stops)
+        self.stop_id = stop_id
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending = ""  # decoded text not yet released: it might begin a stop string
+        self.finished = False
+
+    def feed(self, token: int) -> str:
+        """Take one token; return the text that is now safe to print (sets ``finished`` at a stop)."""
+        if self.finished:
+            return ""
+        if token == self.stop_id:
+            return self.finish()
+        self.pending += self.utf8.decode(decode_token_bytes(self.tok, token))
+        hit = first_stop(self.pending, self.stops)
+        if hit is not None:
+            out, self.pending, self.finished = self.pending[:hit[0]], "", True
+            return out
+        keep = held_back(self.pending, self.stops)
+        out = self.pending[:len(self.pending) - keep]
+        self.pending = self.pending[len(self.pending) - keep:]
+        return out
+
+    def finish(self) -> str:
+        """End the row: whatever was held back is text after all (a stop string never completed)."""
+        if self.finished:
+            return ""
+        self.finished = True
+        out, self.pending = self.pending + self.utf8.decode(b"", final=True), ""
+        return out
+
+
+def decode_token_bytes(tok: "Tokenizer", token: int) -> bytes:
+    """A token's bytes; ids past the tokenizer's vocabulary (padding rows of the head) print nothing."""
+    return tok.decode_bytes([token]) if 0 <= token < tok.vocab_size else b""
+
+
+def render_row(tok: "Tokenizer", tokens: Sequence[int], stops: Sequence[str], stop_id: int | None) -> str:
+    """The whole continuation at once (the --no-stream path): cut at the stop token, decode, cut at a stop string."""
+    tokens = list(tokens)
+    if stop_id is not None and stop_id in tokens:
+        tokens = tokens[:tokens.index(stop_id)]
+    text = b"".join(decode_token_bytes(tok, t) for t in tokens).decode("utf-8", errors="replace")
+    hit = first_stop(text, stops)
+    return text if hit is None else text[:hit[0]]
+
+
+class Printer:
+    """Writes samples to stdout in order: the current sample live, later ones buffered until their turn.
+
+    Each sample is written as prompt + continuation + newline; samples are separated by
+    ``SEPARATOR``. A sample's prompt is written together with its first text, so the first
+    byte on stdout marks the first generated token.
+    """
+
+    def __init__(self, out: BinaryIO, n_rows: int, prompt: str) -> None:
+        self.out = out
+        self.prompt = prompt
+        self.buffers: list[list[str]] = [[] for _ in range(n_rows)]
+        self.done = [False] * n_rows
+        self.current = 0
+        self.started = False  # the current sample's prompt has been written
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.out.write(text.encode("utf-8"))
+
+    def _start_current(self) -> None:
+        if not self.started:
+            self._write((SEPARATOR if self.current > 0 else "") + self.prompt)
+            self.started = True
+
+    def emit(self, row: int, text: str) -> None:
+        """Text for ``row``: printed now if it is the current sample, else kept for later."""
+        if not text:
+            return
+        if row == self.current:
+            self._start_current()
+            self._write(text)
+            self.out.flush()
+        else:
+            self.buffers[row].append(text)
+
+    def finish(self, row: int) -> None:
+        """``row`` is complete; if it was current, move on through every later sample that is ready."""
+        self.done[row] = True
+        while self.current < len(self.done) and self.done[self.current]:
+            self._start_current()
+            self._write("".join(self.buffers[self.current]) + "\n")
+            self.buffers[self.current] = []
+            self.current += 1
+            self.started = False
+            if self.current < len(self.done) and self.buffers[self.current]:
+                self._start_current()  # a running sample with text waiting: show it now, continue live
+                self._write("".join(self.buffers[self.current]))
+                self.buffers[self.current] = []
+        self.out.flush()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: end the line of whatever was being printed."""
+        if self.started:
+            self._write("\n")
+        self.out.flush()
+
+
+# ---------------------------------------------------------------------------- model
+
+
+def pick_device(name: str) -> "torch.device":
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device=cuda but CUDA is not available here; use --device=cpu (or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise UsageError("--device=mps but MPS is not available here; use --device=cpu (or auto)")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: "torch.device") -> "torch.dtype":
+    import torch
+
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def load_model(source: Source) -> "torch.nn.Module":
+    """The GPT in float32 on the CPU; checkpoint problems become one-line UsageErrors."""
+    from model import GPT, CheckpointError
+    from model.weights import load_model as load_run
+
+    try:
+        if source.folder is not None:
+            model, _ = load_run(source.folder)
+        else:
+            model = GPT.from_pretrained(source.pretrained)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    return model
+
+
+def mask_padded_vocab(model: "torch.nn.Module", vocab_size: int) -> None:
+    """Never sample ids the tokenizer cannot decode (a head padded to a multiple of 64, say)."""
+    if model.config.vocab_size <= vocab_size:
+        return
+
+    def hook(_module: Any, _inputs: Any, output: tuple) -> tuple:
+        logits, loss = output
+        logits[..., vocab_size:] = float("-inf")
+        return logits, loss
+
+    model.register_forward_hook(hook)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], prompt_text: str,
+             device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO) -> int:
+    """Run the batch, print the samples, report speed on stderr; returns the exit code."""
+    import contextlib
+
+    import torch
+
+    from model.generate import generate_stream
+
+    block = model.config.block_size
+    if len(ids) > block:
+        log(f"warning: the prompt is {len(ids)} tokens but the model's context is {block}; "
+            f"it sees only the last {block} (the whole prompt is still printed)")
+        ids = ids[-block:]
+    B = o.num_samples
+    idx = torch.tensor([ids] * B, dtype=torch.long, device=device)
+    stops = [unescape(s) for s in o.stop]
+    stop_id = tok.eot if (o.stop_at_eot and tok.kind != "char") else None
+    rows = [RowDecoder(tok, stops, stop_id) for _ in range(B)]
+    history: list[list[int]] = [[] for _ in range(B)]  # for --no-stream
+    printer = Printer(out, B, prompt_text)
+    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
+                else contextlib.nullcontext())
+    generator = torch.Generator(device=device).manual_seed(seed)
+    stream = generate_stream(model, idx, o.max_new_tokens, temperature=o.temperature, top_k=o.top_k or None,
+                             top_p=o.top_p, min_p=o.min_p or None,
+                             repetition_penalty=None if o.repetition_penalty == 1.0 else o.repetition_penalty,
+                             generator=generator)
+    steps = 0
+    t0 = time.perf_counter()
+    t_first = None
+    code = 0
+    try:
+        with autocast:
+            for nxt in stream:
+                steps += 1
+                if t_first is None:
+                    t_first = time.perf_counter()
+                for r, token in enumerate(nxt.tolist()):
+                    if rows[r].finished:
+                        continue
+                    text = rows[r].feed(token)
+                    if o.stream:
+                        printer.emit(r, text)
+                        if rows[r].finished:
+                            printer.finish(r)
+                    else:
+                        history[r].append(token)
+                if all(row.finished for row in rows):
+                    break
+    except KeyboardInterrupt:
+        printer.interrupt()
+        log(f"interrupted after {steps} tokens per sample")
+        return 130
+    finally:
+        stream.close()
+    for r in range(B):
+        if o.stream:
+            printer.emit(r, rows[r].finish())
+        else:
+            printer.emit(r, render_row(tok, history[r], stops, stop_id))
+        printer.finish(r)
+    elapsed = time.perf_counter() - t0
+    first = (t_first or t0) - t0
+    rate = (steps - 1) * B / (elapsed - first) if steps > 1 and elapsed > first else float("nan")
+    log(f"{steps} steps x {B} sample(s) = {steps * B} tokens in {elapsed:.2f} s; first token after {first:.3f} s, "
+        f"then {rate:.1f} tokens/s")
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    o = parse(SampleOptions, argv, prog="sample.py", description=DESCRIPTION, config_files=False)
+    check_options(o)
+    source = resolve_source(o)
+    tok = load_tokenizer_for(source)
+    ids, prompt_text = encode_prompt(tok, read_prompt(o.prompt))
+    seed = o.seed if o.seed is not None else secrets.randbelow(2**31)
+    try:
+        return run(o, source, tok, ids, prompt_text, seed)
+    except KeyboardInterrupt:  # Ctrl-C while loading: nothing was printed yet
+        log("interrupted")
+        return 130
+
+
+def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prompt_text: str, seed: int) -> int:
+    """Load the model onto the device and generate (the part that needs torch)."""
+    import torch
+
+    device = pick_device(o.device)
+    dtype = pick_dtype(o.dtype, device)
+    model = load_model(source)
+    if tok.vocab_size > model.config.vocab_size:
+        raise UsageError(f"the checkpoint's tokenizer has {tok.vocab_size} tokens but its model only "
+                         f"{model.config.vocab_size}: the run folder mixes files from different runs")
+    model.eval().to(device)
+    mask_padded_vocab(model, tok.vocab_size)
+    if o.compile:
+        model = torch.compile(model, dynamic=True)
+    log(f"checkpoint {source.label}: {model.num_params() / 1e6:.2f}M parameters, context {model.config.block_size}, "
+        f"{tok.kind} tokenizer ({tok.vocab_size} tokens)")
+    log(f"device {device.type}, {str(dtype).removeprefix('torch.')}, seed {seed}"
+        + ("" if o.seed is not None else f" (pass --seed={seed} to repeat)"))
+    try:
+        return generate(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer)
+    except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
