@@ -12,12 +12,15 @@ folder that looks finished; the next run starts over. A complete folder is reuse
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from tqdm import tqdm
 
 if __package__ in (None, ""):  # run as `python data/prepare.py`: import from the repo root, not data/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
@@ -104,7 +107,9 @@ def build_tokenizer(opts: PrepareOptions, corpus: Corpus) -> Tokenizer:
     if opts.tokenizer == "char":
         chars: set[str] = set()
         pieces = with_separator(corpus.pieces(), corpus.documents)
-        for _, text in capped(pieces, _split_caps(opts.max_tokens, opts.val_fraction)):
+        # a streamed hub corpus is read twice for char: once here, once to encode it
+        stream = capped(pieces, _split_caps(opts.max_tokens, opts.val_fraction))
+        for _, text in tqdm(stream, desc="char vocabulary", unit="doc", disable=None):
             chars.update(text)
         if not chars:
             raise UsageError(f"{corpus.source}: the corpus is empty; give an --input with some text")
@@ -163,8 +168,13 @@ def prepare(opts: PrepareOptions) -> Path:
     corpus = open_corpus(opts.dataset, opts.input, _cache_dir(opts), opts.val_fraction, opts.text_column,
                          opts.hf_config, opts.hf_split)
     print(f"preparing {folder} from {corpus.source}", file=sys.stderr)
-    with atomic_dir(folder) as tmp:
-        _build(opts, corpus, tmp)
+    try:
+        with atomic_dir(folder) as tmp:
+            _build(opts, corpus, tmp)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # only if empty: don't leave a bare <dataset>/ behind a failed first build
+        raise
     meta = load_meta(folder)
     print(f"wrote {folder}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
           f"val {meta['val_tokens']:,} tokens", file=sys.stderr)

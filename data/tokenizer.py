@@ -72,15 +72,6 @@ class CharTokenizer(Tokenizer):
         self.vocab_size = len(self.chars)
         self._stoi = {c: i for i, c in enumerate(self.chars)}
 
-    @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "CharTokenizer":
-        seen: set[str] = set()
-        for t in texts:
-            seen.update(t)
-        if not seen:
-            raise UsageError("cannot build a character vocabulary from an empty corpus; give some text")
-        return cls(seen)
-
     def encode(self, text: str) -> list[int]:
         stoi = self._stoi
         try:
