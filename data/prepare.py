@@ -13,6 +13,7 @@ folder that looks finished; the next run starts over. A complete folder is reuse
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -149,11 +150,19 @@ def _build(opts: PrepareOptions, corpus: Corpus, folder: Path) -> None:
 
 
 def _reusable(opts: PrepareOptions, folder: Path) -> bool:
+    """A complete folder is reused if it agrees with every option the caller set away from its default.
+
+    Options left at their defaults match anything, so train.py (which passes only dataset and
+    tokenizer) can use a folder prepared with --input, --max_tokens and so on.
+    """
     if opts.force or not (folder / META).is_file():
         return False
-    recorded = load_meta(folder).get("recipe")
-    if recorded != _recipe(opts):
-        raise UsageError(f"{folder} was prepared with different options ({recorded}); "
+    recorded = load_meta(folder).get("recipe", {})
+    defaults = {f.name: f.default for f in dataclasses.fields(PrepareOptions)}
+    differ = {k: v for k, v in _recipe(opts).items() if v != defaults[k] and v != recorded.get(k)}
+    if differ:
+        shown = ", ".join(f"--{k}={recorded.get(k)} there, {v} now" for k, v in differ.items())
+        raise UsageError(f"{folder} was prepared with different options ({shown}); "
                          "pass --force to rebuild it or choose another --data_dir")
     return True
 

@@ -26,7 +26,6 @@ Documents are separated by the tokenizer's end-of-text token when writing (see t
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
 import subprocess
 import sys
 import tarfile
@@ -93,13 +92,6 @@ def read_text(path: str | Path) -> str:
     if not path.is_file():
         raise UsageError(f"input file not found: {path}; check --input (a file, folder or glob)")
     return decode_utf8(path.read_bytes(), path)
-
-
-def sha256_text(texts: list[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8"))
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- tinyshakespeare

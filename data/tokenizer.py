@@ -109,10 +109,6 @@ class TiktokenTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Many texts at once; tiktoken runs them on its own threads."""
-        return self.enc.encode_ordinary_batch(texts)
-
     def decode(self, ids: Any) -> str:
         return self.enc.decode(_as_list(ids))
 

@@ -184,7 +184,10 @@ def test_complete_folder_is_reused_unless_forced(tmp_path, tinyshakespeare):
     meta_path = prepare(o) / "meta.json"
     stamp = meta_path.stat().st_mtime_ns
     assert ensure_prepared(o) == dataset_dir(o) and meta_path.stat().st_mtime_ns == stamp
-    with pytest.raises(UsageError, match="different options.*--force"):
+    # as train.py asks: only dataset and tokenizer; the folder made from --input is what it gets
+    assert ensure_prepared(opts(tmp_path, dataset="tinyshakespeare")) == dataset_dir(o)
+    assert meta_path.stat().st_mtime_ns == stamp
+    with pytest.raises(UsageError, match=r"different options \(--max_tokens=None there, 1000 now\).*--force"):
         prepare(opts(tmp_path, dataset="tinyshakespeare", input=str(tinyshakespeare), max_tokens=1000))
     o.force = True
     prepare(o)
