@@ -161,8 +161,11 @@ def load_toml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def parse(cls: type, argv: Sequence[str] | None = None, *, prog: str | None = None, description: str = "",
-          config_files: bool = True) -> Any:
-    """Build ``cls`` from defaults < TOML files < ``--key=value`` arguments.
+          config_files: bool = True, base_values: dict[str, Any] | None = None) -> Any:
+    """Build ``cls`` from defaults < ``base_values`` < TOML files < ``--key=value`` arguments.
+
+    ``base_values`` (e.g. a resumed run's saved options) sits between the defaults and the files;
+    keys of ``base_values`` that ``cls`` does not know are ignored.
 
     Accepts ``--key=value``, ``--key value``, bare ``--flag`` / ``--no-flag`` for booleans,
     repeated ``--key`` for list fields, and TOML presets given positionally or with ``--config``.
@@ -219,7 +222,7 @@ def parse(cls: type, argv: Sequence[str] | None = None, *, prog: str | None = No
             value, i = nxt, i + 1
         cli.append((key, value))
 
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {k: coerce(v, table[k].type, k) for k, v in (base_values or {}).items() if k in table}
     for path in files:
         for key, value in load_toml(path).items():
             key = alias.get(key, key)

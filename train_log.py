@@ -1,0 +1,191 @@
+"""train.py's dashboards: metrics.jsonl, loss.png, console progress, Weights & Biases, MFU.
+
+Nothing here needs a service: ``metrics.jsonl`` and ``loss.png`` are always written in the run
+folder; wandb is optional (``--wandb_log``) and never blocks on a login prompt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import netrc
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from atomicio import atomic_write_bytes
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s), keyed by a substring of torch.cuda.get_device_name().
+# More specific names come first: "H100 PCIe" must win over "H100".
+GPU_PEAK_FLOPS: list[tuple[str, float]] = [
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("A10G", 125e12),
+    ("A10", 125e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("A6000", 155e12),
+    ("V100", 125e12),  # fp16
+    ("T4", 65e12),  # fp16
+]
+
+
+def device_peak_flops(device: str, override: float | None) -> float | None:
+    """The device's peak FLOP/s for MFU: ``override`` if given, else the GPU table, else None.
+
+    CPUs have no table entry: their peak depends on cores, clocks and ISA. Measure it (a
+    2048x2048 matmul; bench/bench_train.py does) and pass --peak_flops. On the 2-core
+    reference machine that gave fp32 128e9 and bf16 376e9 FLOP/s (../shared/REFERENCE.md).
+    """
+    if override:
+        return override
+    if device.startswith("cuda"):
+        import torch
+
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, peak in GPU_PEAK_FLOPS:
+            if key in name:
+                return peak
+    return None
+
+
+class MetricsLog:
+    """Append-only JSON lines, one object per event, flushed at once (a resumed run appends)."""
+
+    def __init__(self, out_dir: str | Path, t0: float) -> None:
+        self.path = Path(out_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.t0 = t0
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, event: str, now: float, **fields: Any) -> None:
+        record = {"event": event, **fields, "time": round(now - self.t0, 4)}
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
+    """All events of a run folder's metrics.jsonl (a torn last line from a kill is skipped)."""
+    path = Path(out_dir) / METRICS_FILE
+    events = []
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return events
+
+
+def plot_losses(out_dir: str | Path) -> None:
+    """Redraw loss.png (train loss per log, train/val at each eval) from metrics.jsonl, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; safe on a headless box
+    import matplotlib.pyplot as plt
+
+    events = read_metrics(out_dir)
+    logs = [e for e in events if e.get("event") == "log"]
+    evals = [e for e in events if e.get("event") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if logs:
+        ax.plot([e["iter"] for e in logs], [e["loss"] for e in logs], lw=0.8, alpha=0.5, label="train (per step)")
+    if evals:
+        ax.plot([e["iter"] for e in evals], [e["train_loss"] for e in evals], "o-", label="train (eval)")
+        ax.plot([e["iter"] for e in evals], [e["val_loss"] for e in evals], "o-", label="val")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(Path(out_dir) / PLOT_FILE, buf.getvalue())
+
+
+def wandb_has_credentials() -> bool:
+    """True if wandb could log in without asking: an API key in the environment or ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+class WandbLogger:
+    """A thin wrapper: init once (resuming the stored run id), log dicts, finish."""
+
+    def __init__(self, project: str, name: str | None, mode: str, out_dir: str | Path, config: dict[str, Any],
+                 run_id: str | None) -> None:
+        import wandb
+
+        if mode == "online" and not wandb_has_credentials():
+            print("wandb: no credentials (WANDB_API_KEY or a ~/.netrc entry); logging offline instead. "
+                  "Upload later with `wandb sync`.", file=sys.stderr)
+            mode = "offline"
+        self.wandb = wandb
+        self.run_id = run_id or wandb.util.generate_id()
+        self.run = wandb.init(project=project, name=name, id=self.run_id, resume="allow", mode=mode,
+                              dir=str(out_dir), config=config,
+                              settings=wandb.Settings(console="off", silent=True))
+
+    def log(self, data: dict[str, Any], step: int) -> None:
+        self.run.log({k: v for k, v in data.items() if v is not None}, step=step)
+
+    def log_sample(self, text: str, step: int) -> None:
+        import html
+
+        self.run.log({"sample": self.wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step=step)
+
+    def finish(self) -> None:
+        self.run.finish()
+
+
+class Progress:
+    """A tqdm bar (loss, lr, tok/s, ETA) on a terminal; plain log lines when piped to a file."""
+
+    def __init__(self, start: int, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
+
+    def step(self, it: int, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def log(self, it: int, loss: float, lr: float, tok_s: float, grad_norm: float, ms: float,
+            mfu: float | None) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            return
+        extra = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
+        print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}, {ms:.1f} ms/iter, "
+              f"{tok_s:,.0f} tok/s{extra}", flush=True)
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
