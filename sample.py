@@ -181,7 +181,12 @@ def resolve_source(o: SampleOptions) -> Source:
     meta = read_json(folder / CONFIG_FILE)
     if "model" not in meta:
         raise UsageError(f"{folder / CONFIG_FILE} has no 'model' section: not a quillgpt checkpoint")
-    return Source(folder, None, meta, f"{folder} ({which})")
+    facts = [which]
+    if isinstance(meta.get("iter"), int):
+        facts.append(f"iter {meta['iter']}")
+    if isinstance(meta.get("val_loss"), (int, float)):
+        facts.append(f"val loss {meta['val_loss']:.4f}")
+    return Source(folder, None, meta, f"{folder} ({', '.join(facts)})")
 
 
 def load_tokenizer_for(source: Source) -> "Tokenizer":

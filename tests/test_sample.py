@@ -1,0 +1,322 @@
+"""sample.py end to end: every check runs the real program, ``python sample.py ...``, in a subprocess.
+
+The checkpoints are tiny models trained for a few seconds in this process (a session fixture),
+saved the way train.py saves them. Subprocesses run with OMP_NUM_THREADS=1: on a small, busy
+machine torch's thread pool makes a tiny model hundreds of times slower, not faster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GPT2_RANKS = Path("/work/shared/data/gpt2.tiktoken")
+SEPARATOR = "\n---------------\n"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "LC_ALL": "C", "QUILLGPT_GPT2_RANKS": str(GPT2_RANKS)}
+ENV.pop("QUILLGPT_DEBUG", None)
+
+CHAR_TEXT = ("to be or not to be, that is the question.\nwhether tis nobler in the mind to suffer\n"
+             "the slings and arrows of outrageous fortune,\nor to take arms against a sea of troubles.\n") * 20
+# three-byte CJK and four-byte emoji: with only a few merges, characters are split across tokens
+UTF8_TEXT = "猫が好きです。🙂🐍 naïve café — 日本語のテキスト 🎉✨\n" * 40
+
+
+def sample(*args: str, input: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python sample.py *args`` from the repo root; stdout/stderr as raw bytes."""
+    return subprocess.run([sys.executable, "sample.py", *args], cwd=REPO, env=ENV, input=input,
+                          capture_output=True, timeout=timeout)
+
+
+def text(proc: subprocess.CompletedProcess) -> str:
+    return proc.stdout.decode("utf-8")
+
+
+def err(proc: subprocess.CompletedProcess) -> str:
+    return proc.stderr.decode("utf-8")
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, err(proc)
+    return proc
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+def train_tiny(tok, corpus: str, steps: int, seed: int = 0):
+    """A 2-layer GPT fitted to ``corpus`` for a few dozen Adam steps (plain torch, no train.py)."""
+    import torch
+
+    from model import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(block_size=32, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=48))
+    data = torch.tensor(tok.encode(corpus))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        ix = torch.randint(len(data) - 33, (16,), generator=gen).tolist()
+        x = torch.stack([data[i:i + 32] for i in ix])
+        y = torch.stack([data[i + 1:i + 33] for i in ix])
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ckpt(tmp_path_factory) -> dict[str, Path]:
+    """Run folders: ``char`` (trained model in best/, an untrained one as latest) and ``bpe`` (latest only)."""
+    torch = pytest.importorskip("torch")
+    from data.tokenizer import CharTokenizer, train_bpe
+    from model import GPT, save_model
+
+    root = tmp_path_factory.mktemp("sample_runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        char = CharTokenizer(sorted(set(CHAR_TEXT)))
+        trained = train_tiny(char, CHAR_TEXT, steps=120)
+        run = root / "char"
+        save_model(trained, run / "best", {"tokenizer": char.save(run / "best"), "iter": 120, "val_loss": 0.9})
+        torch.manual_seed(1)
+        save_model(GPT(trained.config), run, {"tokenizer": char.save(run), "iter": 130, "val_loss": 3.0})
+
+        bpe = train_bpe([UTF8_TEXT], vocab_size=270)
+        split = [t for t in bpe.encode(UTF8_TEXT) if not _is_utf8(bpe.decode_bytes([t]))]
+        assert split, "the fixture must split some characters across tokens"
+        model = train_tiny(bpe, UTF8_TEXT, steps=150)
+        save_model(model, root / "bpe", {"tokenizer": bpe.save(root / "bpe")})
+    finally:
+        torch.set_num_threads(threads)
+    return {"char": run, "bpe": root / "bpe", "root": root}
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def greedy_reference(folder: Path, prompt: str, n: int) -> str:
+    """Greedy continuation computed independently: full forward (no KV cache) + argmax, n times."""
+    import torch
+
+    from data.tokenizer import load_tokenizer
+    from model.weights import load_model
+
+    model, meta = load_model(folder)
+    model.eval()
+    tok = load_tokenizer(meta["tokenizer"], folder)
+    ids = tok.encode(prompt)
+    assert len(ids) + n <= model.config.block_size, "stay inside the context: no window policy involved"
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = model(x)
+            x = torch.cat([x, logits[:, -1, :].argmax(dim=-1, keepdim=True)], dim=1)
+    return tok.decode(x[0, len(ids):].tolist())
+
+
+# ---------------------------------------------------------------------------- pure helpers (in-process, fast)
+
+
+def test_row_decoder_holds_back_stop_prefixes_and_joins_split_characters():
+    from data.tokenizer import train_bpe
+    from sample import RowDecoder, first_stop, held_back, render_row
+
+    assert first_stop("xxabcx", ["abc", "b"]) == (3, 4)  # "b" completes first
+    assert first_stop("xxabcx", ["abc", "bc"]) == (2, 5)  # same end: the earlier start wins
+    assert held_back("hello ab", ["abc"]) == 2 and held_back("hello", ["abc"]) == 0
+
+    tok = train_bpe([UTF8_TEXT], vocab_size=270)
+    ids = tok.encode("猫が好き🙂END tail")
+    row = RowDecoder(tok, stops=["END"], stop_id=None)
+    pieces = [row.feed(t) for t in ids]
+    assert row.finished and "".join(pieces) == "猫が好き🙂"
+    assert all("\ufffd" not in p for p in pieces)
+    assert render_row(tok, ids, ["END"], None) == "猫が好き🙂"
+    row = RowDecoder(tok, stops=["ENDING"], stop_id=None)  # a prefix that never completes is text after all
+    out = "".join(row.feed(t) for t in tok.encode("x END")) + row.finish()
+    assert out == "x END" and row.finished
+
+
+# ---------------------------------------------------------------------------- the program
+
+
+def test_help_lists_every_option():
+    proc = ok(sample("--help"))
+    for name in ("out_dir", "checkpoint", "init_from", "prompt", "--start", "max_new_tokens", "temperature",
+                 "top_k", "top_p", "min_p", "repetition_penalty", "num_samples", "seed", "stop", "stream",
+                 "device", "dtype", "compile"):
+        assert name in text(proc)
+
+
+def test_seed_reproduces_every_sample_and_stdout_holds_only_text(ckpt):
+    args = ("--out_dir", str(ckpt["char"]), "--prompt", "to be", "--num_samples", "3", "--max_new_tokens", "60",
+            "--temperature", "1.0")
+    a, again, other = ok(sample(*args, "--seed", "7")), ok(sample(*args, "--seed=7")), ok(sample(*args, "--seed=8"))
+    assert a.stdout == again.stdout
+    assert a.stdout != other.stdout
+    samples = text(a).removesuffix("\n").split(SEPARATOR)
+    assert len(samples) == 3 and len(set(samples)) == 3  # rows of one batch are independent draws
+    assert all(s.startswith("to be") and len(s) == len("to be") + 60 for s in samples)
+    # diagnostics on stderr only: which checkpoint (best by default), device, parameters, speed
+    assert "sample:" not in text(a) and "tokens/s" not in text(a)
+    assert "best" in err(a) and "iter 120" in err(a) and "device cpu" in err(a) and "parameters" in err(a)
+    assert re.search(r"[\d.]+ tokens/s", err(a))
+
+
+def test_temperature_zero_is_the_argmax_chain(ckpt):
+    proc = ok(sample("--out_dir", str(ckpt["char"]), "--prompt", "whether", "--temperature", "0",
+                     "--max_new_tokens", "24"))
+    assert text(proc) == "whether" + greedy_reference(ckpt["char"] / "best", "whether", 24) + "\n"
+
+
+def test_stop_string_ends_the_sample_unprinted(ckpt):
+    continuation = greedy_reference(ckpt["char"] / "best", "to be", 24)
+    stop = continuation[8:11]
+    cut = continuation[:continuation.index(stop)]
+    proc = ok(sample("--out_dir", str(ckpt["char"]), "--prompt", "to be", "--temperature", "0", "--num_samples", "2",
+                     "--max_new_tokens", "200", "--stop", stop, "--stop", "never-seen"))
+    assert text(proc) == ("to be" + cut + "\n") + "---------------\n" + ("to be" + cut + "\n")
+    steps = int(re.search(r"(\d+) steps", err(proc)).group(1))
+    assert steps < 200  # generation ended early once every sample had stopped
+
+
+def test_multibyte_utf8_streams_whole_and_equals_unstreamed(ckpt):
+    args = ("--out_dir", str(ckpt["bpe"]), "--prompt", "猫", "--temperature", "0.7", "--top_k", "5", "--seed", "3",
+            "--num_samples", "3", "--max_new_tokens", "60", "--stop", "✨")
+    streamed, whole = ok(sample(*args)), ok(sample(*args, "--no-stream"))
+    assert streamed.stdout == whole.stdout
+    out = text(streamed)
+    assert "\ufffd" not in out
+    assert "✨" not in out and out.count(SEPARATOR) == 2
+    assert any(ch in out for ch in "🙂🐍🎉") and "好き" in out
+
+
+def test_prompt_from_file_with_nanogpt_start_alias(ckpt, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("or to take", encoding="utf-8")
+    proc = ok(sample("--out_dir", str(ckpt["char"]), f"--start=FILE:{prompt}", "--temperature=0",
+                     "--max_new_tokens=10"))
+    assert text(proc) == "or to take" + greedy_reference(ckpt["char"] / "best", "or to take", 10) + "\n"
+
+
+def test_prompt_from_stdin(ckpt):
+    proc = ok(sample("--out_dir", str(ckpt["char"]), "--prompt", "-", "--max_new_tokens=10", "--seed=1",
+                     input="the slings".encode("utf-8")))
+    assert text(proc).startswith("the slings") and len(text(proc)) == len("the slings") + 10 + 1
+
+
+def test_long_prompt_keeps_its_tail_with_a_warning(ckpt):
+    prompt = CHAR_TEXT[:100]  # block_size is 32
+    proc = ok(sample("--out_dir", str(ckpt["char"]), "--checkpoint=latest", "--prompt", prompt,
+                     "--max_new_tokens=70", "--seed=2"))
+    assert "warning" in err(proc) and "last 32" in err(proc)
+    assert "latest" in err(proc) and "iter 130" in err(proc)
+    # the whole prompt is printed, then 70 tokens: generation runs on past the context window
+    assert text(proc).startswith(prompt) and len(text(proc)) == len(prompt) + 70 + 1
+
+
+def test_ctrl_c_keeps_printed_text_and_exits_130(ckpt):
+    proc = subprocess.Popen([sys.executable, "sample.py", "--out_dir", str(ckpt["char"]), "--max_new_tokens=1000000",
+                             "--seed=1"], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = proc.stdout.read(1)  # generation has started
+        assert first
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        rest, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr.decode()
+    assert b"Traceback" not in stderr and b"interrupted" in stderr
+    assert len(first + rest) > 1 and rest.endswith(b"\n")
+
+
+@pytest.mark.skipif(not GPT2_RANKS.is_file(), reason=f"GPT-2 ranks file {GPT2_RANKS} not present")
+def test_init_from_local_hugging_face_gpt2_folder_uses_gpt2_tokenizer(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from model import GPT
+    from model.pretrained import _CONV1D, config_from_hf
+
+    hf = {"vocab_size": 50257, "n_positions": 64, "n_embd": 16, "n_layer": 1, "n_head": 2,
+          "activation_function": "gelu_new"}
+    torch.manual_seed(0)
+    model = GPT(config_from_hf(hf))
+    tensors = {k.removeprefix("transformer."): (v.t() if k.endswith(_CONV1D) else v).contiguous()
+               for k, v in model.state_dict().items() if k != "lm_head.weight"}  # HF layout: Conv1D, tied head
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(hf), encoding="utf-8")
+    proc = ok(sample("--init_from", str(tmp_path), "--prompt", "Hello, world", "--max_new_tokens=5", "--seed=0"))
+    assert text(proc).startswith("Hello, world")
+    assert "gpt2 tokenizer (50257 tokens)" in err(proc)
+
+
+# ---------------------------------------------------------------------------- mistakes: one line, exit 2
+
+
+def _corrupt(ckpt: dict[str, Path], kind: str) -> Path:
+    """A copy of the char run's best checkpoint, broken in one way."""
+    import shutil
+
+    folder = ckpt["root"] / f"broken_{kind}"
+    if not folder.exists():
+        shutil.copytree(ckpt["char"] / "best", folder)
+        if kind == "truncated":
+            weights = folder / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:1000])
+        elif kind == "mismatch":
+            meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            meta["model"]["n_embd"] = 64
+            (folder / "config.json").write_text(json.dumps(meta), encoding="utf-8")
+        elif kind == "no_weights":
+            (folder / "model.safetensors").unlink()
+    return folder
+
+
+BAD_INPUTS = {
+    "negative temperature": (["--temperature=-0.5"], "--temperature must be >= 0"),
+    "top_p zero": (["--top_p=0"], "--top_p must be in (0, 1]"),
+    "top_p above one": (["--top_p=1.5"], "--top_p must be in (0, 1]"),
+    "negative top_k": (["--top_k=-1"], "--top_k must be >= 0"),
+    "no new tokens": (["--max_new_tokens=0"], "--max_new_tokens must be >= 1"),
+    "no samples": (["--num_samples=0"], "--num_samples must be >= 1"),
+    "missing run folder": (["--out_dir=does/not/exist"], "run folder not found: does/not/exist"),
+    "missing best checkpoint": (["--out_dir={broken_no_weights}", "--checkpoint=best"], "no best checkpoint"),
+    "missing latest checkpoint": (["--out_dir={broken_no_weights}"], "no latest checkpoint"),
+    "truncated checkpoint": (["--out_dir={broken_truncated}"], "truncated or corrupt"),
+    "checkpoint not matching config": (["--out_dir={broken_mismatch}"], "does not match its config"),
+    "prompt outside char vocab": (["--prompt=to bé ok 🙂"], "not in the char vocabulary: 'é', '🙂'"),
+    "unreadable prompt file": (["--prompt=FILE:/no/such/prompt.txt"], "cannot read the prompt file"),
+    "unknown option": (["--temprature=1"], "did you mean --temperature"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(ckpt, case):
+    args, message = BAD_INPUTS[case]
+    folders = {f"broken_{k}": _corrupt(ckpt, k) for k in ("truncated", "mismatch", "no_weights")}
+    args = [a.format(**folders) for a in args]
+    if not any(a.startswith("--out_dir") for a in args):
+        args.insert(0, f"--out_dir={ckpt['char']}")
+    proc = sample(*args)
+    assert proc.returncode == 2, err(proc)
+    assert "Traceback" not in err(proc) and proc.stdout == b""
+    lines = err(proc).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
