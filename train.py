@@ -66,6 +66,8 @@ class TrainConfig:
     tokenizer: str = opt("char", "char | bpe (trained on the corpus) | gpt2", choices=("char", "bpe", "gpt2"))
     vocab_size: int = opt(4096, "bpe only: vocabulary size to train")
     data_dir: str = opt("data", "prepared token files go to <data_dir>/<dataset>/<tokenizer>")
+    hf_config: str | None = opt(None, "hub datasets: the configuration, e.g. sample-10BT for HuggingFaceFW/fineweb-edu")
+    max_tokens: int | None = opt(None, "prepare at most this many tokens (train + val); none = the whole corpus")
     data_mode: str = opt("random", "random windows (nanoGPT) or sequential (each window once per epoch)",
                          choices=("random", "sequential"))
     # model
@@ -384,7 +386,7 @@ def train(cfg: TrainConfig, log_to_console: bool = True) -> dict[str, Any]:
 
     # ---- data: rank 0 prepares the corpus (once), the others wait and then read it
     prep = PrepareOptions(dataset=cfg.dataset, input=cfg.input, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
-                          data_dir=cfg.data_dir)
+                          data_dir=cfg.data_dir, hf_config=cfg.hf_config, max_tokens=cfg.max_tokens)
     if dist.master:
         data_folder = ensure_prepared(prep)
     if dist.ddp:

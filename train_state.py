@@ -92,9 +92,10 @@ def load_state(out_dir: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any pickle that would import or call something: never executed
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"refusing {path}: it is not a plain-data checkpoint (weights_only load failed: "
-                         f"{first[:160]}); it may have been tampered with") from None
+        why = next((ln.split("error:", 1)[1].strip() for ln in str(e).splitlines() if "Unpickler error:" in ln),
+                   type(e).__name__)
+        raise UsageError(f"refusing {path}: it holds pickled objects or code, not plain tensors ({why[:100]}); "
+                         "it was not written by train.py or has been tampered with, so it was not loaded") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UsageError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]}); "
                          "restore it or start a fresh run") from None

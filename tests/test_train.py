@@ -1,0 +1,305 @@
+"""train.py end to end on CPU: config parsing, learning, exact resume, safe checkpoints, signals,
+dashboards, DDP equivalence and clean errors. Tiny models on a tiny text written by the test."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+import train
+import train_state
+from options import UsageError, run_main
+from train import TrainConfig, load_config
+
+POEM = """Shall I compare thee to a summer's day?
+Thou art more lovely and more temperate:
+Rough winds do shake the darling buds of May,
+And summer's lease hath all too short a date;
+"""
+
+TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=8", "--eval_iters=2",
+        "--sample_tokens=0", "--device=cpu", "--warmup_iters=5", "--log_interval=1"]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> list[str]:
+    """Options pointing at a tiny text and a data folder in tmp."""
+    text = tmp_path / "poem.txt"
+    text.write_text(POEM * 20, encoding="utf-8")
+    return [f"--dataset=poem", f"--input={text}", f"--data_dir={tmp_path / 'data'}"]
+
+
+def args(tmp_path: Path, corpus: list[str], *extra: str, out: str = "out") -> list[str]:
+    return [*corpus, *TINY, f"--out_dir={tmp_path / out}", *extra]
+
+
+def run(argv: list[str]) -> dict:
+    return train.train(load_config(argv), log_to_console=False)
+
+
+def logs(out_dir: Path) -> list[dict]:
+    with open(out_dir / "metrics.jsonl", encoding="utf-8") as f:
+        return [e for e in map(json.loads, f) if e["event"] == "log"]
+
+
+def exit_code(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
+    """Run main() as the command line would; return (exit code, stderr of that call only)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: train.main(argv))
+    return e.value.code, capsys.readouterr().err
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("QUILLGPT_DEBUG", None)
+    return env
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_types_are_coerced_and_cli_beats_file_beats_default(tmp_path: Path) -> None:
+    preset = tmp_path / "p.toml"
+    preset.write_text('learning_rate = 3e-4\nbatch_size = 7\n[model_shape]\nn_layer = 3\n', encoding="utf-8")
+    cfg = load_config([str(preset), "--batch_size", "9", "--decay_lr=false", "--max_iters=1e3", "--target_loss=none"])
+    assert cfg.learning_rate == 3e-4 and cfg.n_layer == 3  # file over default
+    assert cfg.batch_size == 9  # CLI over file
+    assert cfg.decay_lr is False and cfg.max_iters == 1000 and cfg.target_loss is None
+    assert load_config(["--config", str(preset)]).batch_size == 7
+    assert load_config([]).batch_size == TrainConfig().batch_size
+
+
+def test_unknown_key_suggests_the_closest_and_bad_value_names_the_type(capsys) -> None:
+    code, err = exit_code(["--learning_rat=1e-3"], capsys)
+    assert code == 2 and "--learning_rate" in err and len(err.strip().splitlines()) == 1
+    code, err = exit_code(["--batch_size=twelve"], capsys)
+    assert code == 2 and "--batch_size" in err and "int" in err and "Traceback" not in err
+    code, err = exit_code(["--optimizer=sgd"], capsys)
+    assert code == 2 and "adamw" in err
+
+
+def test_help_lists_every_field(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        load_config(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name} (" in out, f.name
+        assert f.metadata["help"], f.name
+
+
+def test_presets_parse() -> None:
+    for preset in sorted((ROOT / "configs").glob("*.toml")):
+        cfg = load_config([str(preset)])
+        assert cfg.max_iters > 0, preset
+
+
+def test_lr_schedule_warms_up_from_nonzero_and_ends_at_min_lr() -> None:
+    cfg = TrainConfig(max_iters=100, warmup_iters=10, learning_rate=1.0, min_lr=0.1)
+    m = [train.lr_multiplier(i, cfg) for i in range(101)]
+    assert m[0] > 0 and m[9] < m[10] == pytest.approx(1.0, abs=0.01) and m[100] == pytest.approx(0.1)
+    wsd = dataclasses.replace(cfg, lr_schedule="wsd", cooldown_frac=0.2)
+    assert train.lr_multiplier(50, wsd) == 1.0 and train.lr_multiplier(90, wsd) == pytest.approx(0.55)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def test_short_run_memorises_the_text_and_writes_the_run_folder(tmp_path: Path, corpus) -> None:
+    res = run(args(tmp_path, corpus, "--max_iters=150", "--eval_interval=50", "--learning_rate=1e-2",
+                   "--sample_tokens=20"))
+    out = tmp_path / "out"
+    events = logs(out)
+    assert events[-1]["loss"] < 0.3 * events[0]["loss"], (events[0]["loss"], events[-1]["loss"])
+    assert res["iters"] == 150 and res["val_loss"] is not None and res["stopped"] == "done"
+    for name in ("model.safetensors", "config.json", "train_state.pt", "metrics.jsonl", "loss.png",
+                 "best/model.safetensors", "best/config.json"):
+        assert (out / name).is_file(), name
+    meta = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert meta["train"]["max_iters"] == 150 and meta["model"]["n_embd"] == 32
+    assert (out / meta["tokenizer"]["file"]).is_file()  # self-contained for sample.py
+    best = json.loads((out / "best" / "config.json").read_text(encoding="utf-8"))
+    assert (out / "best" / best["tokenizer"]["file"]).is_file()
+    # metrics.jsonl schema
+    with open(out / "metrics.jsonl", encoding="utf-8") as f:
+        all_events = [json.loads(line) for line in f]
+    log_keys = {"event", "iter", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "flops_per_sec", "tokens", "time"}
+    for e in all_events:
+        if e["event"] == "log":
+            assert set(e) == log_keys
+            assert e["mfu"] is None  # CPU without --peak_flops: no MFU, but FLOP/s
+            assert e["flops_per_sec"] > 0 and e["tokens"] == e["iter"] * 8 * 16
+        elif e["event"] == "eval":
+            assert set(e) == {"event", "iter", "train_loss", "val_loss", "time"}
+    assert [e["iter"] for e in all_events if e["event"] == "eval"] == [0, 50, 100, 150]
+    times = [e["time"] for e in all_events]
+    assert times == sorted(times)
+    from model import load_model
+
+    model, _ = load_model(out / "best")
+    assert model.config.n_layer == 2
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_resume_continues_exactly(tmp_path: Path, corpus, optimizer: str) -> None:
+    common = ["--dropout=0.1", "--eval_interval=10", "--lr_decay_iters=40", f"--optimizer={optimizer}"]
+    run(args(tmp_path, corpus, "--max_iters=40", *common, out="once"))
+    run(args(tmp_path, corpus, "--max_iters=20", *common, out="twice"))
+    # a resume takes the saved options; only what is given changes
+    res = run([f"--out_dir={tmp_path / 'twice'}", "--init_from=resume", "--max_iters=40"])
+    assert res["iters"] == 40
+    once = [(e["iter"], e["loss"]) for e in logs(tmp_path / "once")]
+    twice = [(e["iter"], e["loss"]) for e in logs(tmp_path / "twice")]
+    assert [i for i, _ in twice] == list(range(1, 41))
+    assert once == twice  # bit-identical on CPU
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path, corpus, monkeypatch) -> None:
+    run(args(tmp_path, corpus, "--max_iters=10", "--eval_interval=10"))
+    out = tmp_path / "out"
+    before = (out / "train_state.pt").read_bytes()
+    real = train_state.atomic_write_bytes
+
+    def torn_write(path, data):  # write half the bytes, then die, as a power cut would
+        from atomicio import atomic_open
+
+        with atomic_open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+            raise OSError("simulated crash mid-write")
+
+    monkeypatch.setattr(train_state, "atomic_write_bytes", torn_write)
+    with pytest.raises(OSError, match="simulated"):
+        run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
+    monkeypatch.setattr(train_state, "atomic_write_bytes", real)
+    assert (out / "train_state.pt").read_bytes() == before
+    assert not list(out.glob(".*.tmp"))
+    assert train_state.load_state(out)["iter"] == 10
+    res = run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
+    assert res["iters"] == 20
+
+
+def test_sigterm_saves_and_says_how_to_resume(tmp_path: Path, corpus) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "train.py"), *args(tmp_path, corpus, "--max_iters=100000", "--eval_interval=1000")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env())
+    try:
+        deadline = time.time() + 120
+        for line in proc.stdout:
+            if line.startswith("iter "):
+                break
+            assert time.time() < deadline
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert f"--init_from=resume --out_dir={out}" in stdout
+    stopped_at = train_state.load_state(out)["iter"]
+    assert 0 < stopped_at < 100000
+    res = run([f"--out_dir={out}", "--init_from=resume", f"--max_iters={stopped_at + 3}"])
+    assert res["iters"] == stopped_at + 3
+
+
+def test_signal_handlers_are_restored_after_a_run(tmp_path: Path, corpus) -> None:
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=100"))
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+class Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_train_state_is_refused_and_never_run(tmp_path: Path, corpus, capsys) -> None:
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=100"))
+    out, marker = tmp_path / "out", tmp_path / "pwned"
+    with open(out / "train_state.pt", "wb") as f:
+        pickle.dump({"format": 1, "model": Exploit(marker)}, f)
+    code, err = exit_code([f"--out_dir={out}", "--init_from=resume"], capsys)
+    assert code == 2 and "train_state.pt" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path: Path, corpus, capsys) -> None:
+    out = tmp_path / "out"
+    code, err = exit_code([*corpus, f"--out_dir={tmp_path / 'none'}", "--init_from=resume", "--device=cpu"], capsys)
+    assert code == 2 and "resume" in err and len(err.strip().splitlines()) == 1
+    code, err = exit_code(args(tmp_path, corpus, "--input=/nope/missing.txt", "--dataset=nope"), capsys)
+    assert code == 2 and "/nope" in err and len(err.strip().splitlines()) == 1
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=100"))
+    code, err = exit_code([f"--out_dir={out}", "--init_from=resume", "--n_embd=64"], capsys)
+    assert code == 2 and "n_embd" in err and len(err.strip().splitlines()) == 1
+    shutil.copy(out / "train_state.pt", tmp_path / "good.pt")
+    (out / "train_state.pt").write_bytes((tmp_path / "good.pt").read_bytes()[:1000])  # truncated
+    code, err = exit_code([f"--out_dir={out}", "--init_from=resume"], capsys)
+    assert code == 2 and "corrupt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_input_in_a_subprocess_prints_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--n_layers=2"], cwd=tmp_path,
+                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == "error: unknown option --n_layers; did you mean --n_layer?"
+
+
+def test_nonfinite_loss_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path, corpus, capsys) -> None:
+    run(args(tmp_path, corpus, "--max_iters=5", "--eval_interval=5", "--model=classic", "--optimizer=adamw"))
+    out = tmp_path / "out"
+    before = (out / "train_state.pt").read_bytes(), (out / "model.safetensors").read_bytes()
+    code, err = exit_code([f"--out_dir={out}", "--init_from=resume", "--max_iters=40", "--learning_rate=1e12",
+                           "--grad_clip=0", "--decay_lr=false"], capsys)
+    assert code == 3 and "diverged" in err and "Traceback" not in err
+    assert ((out / "train_state.pt").read_bytes(), (out / "model.safetensors").read_bytes()) == before
+
+
+def test_wandb_offline_logs_into_the_run_folder(tmp_path: Path, corpus, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(args(tmp_path, corpus, "--max_iters=4", "--eval_interval=2", "--wandb_log", "--wandb_mode=offline",
+             "--sample_tokens=10"))
+    summaries = list((tmp_path / "out" / "wandb").glob("offline-run-*/files/wandb-summary.json"))
+    assert summaries, list((tmp_path / "out").rglob("*"))
+    summary = json.loads(summaries[0].read_text(encoding="utf-8"))
+    for key in ("train/loss", "val/loss", "lr", "grad_norm", "tokens_per_sec", "flops_per_sec", "tokens", "sample"):
+        assert key in summary, (key, sorted(summary))
+    state = train_state.load_state(tmp_path / "out")
+    assert state["wandb_id"] and state["wandb_id"] in summaries[0].parent.parent.name
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, corpus) -> None:
+    common = args(tmp_path, corpus, "--max_iters=6", "--eval_interval=100", "--optimizer=adamw")
+    one = [a if not a.startswith("--batch_size") else "--batch_size=16" for a in common]
+    run([*one, f"--out_dir={tmp_path / 'one'}"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), *common, f"--out_dir={tmp_path / 'two'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8 x 1 accum x 2 processes" in proc.stdout
+    a = [e["loss"] for e in logs(tmp_path / "one")]
+    b = [e["loss"] for e in logs(tmp_path / "two")]
+    assert len(a) == len(b) == 6
+    assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    from model import load_model
+
+    m1, _ = load_model(tmp_path / "one")
+    m2, _ = load_model(tmp_path / "two")
+    for (k, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=k)
