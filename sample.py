@@ -301,11 +301,14 @@ class RowDecoder:
         return out
 
     def finish(self) -> str:
-        """End the row: whatever was held back is text after all (a stop string never completed)."""
+        """End the row: whatever was held back is text after all (a stop string never completed).
+
+        The bytes of a character cut short by the token budget are dropped, not printed as U+FFFD.
+        """
         if self.finished:
             return ""
         self.finished = True
-        out, self.pending = self.pending + self.utf8.decode(b"", final=True), ""
+        out, self.pending = self.pending, ""
         return out
 
 
@@ -319,7 +322,8 @@ def render_row(tok: "Tokenizer", tokens: Sequence[int], stops: Sequence[str], st
     tokens = list(tokens)
     if stop_id is not None and stop_id in tokens:
         tokens = tokens[:tokens.index(stop_id)]
-    text = b"".join(decode_token_bytes(tok, t) for t in tokens).decode("utf-8", errors="replace")
+    data = b"".join(decode_token_bytes(tok, t) for t in tokens)
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data)  # not final: drop a cut-off tail
     hit = first_stop(text, stops)
     return text if hit is None else text[:hit[0]]
 
