@@ -34,6 +34,15 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_
         "--sample_tokens=0", "--device=cpu", "--warmup_iters=5", "--log_interval=1"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core box, two threads spin-wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def corpus(tmp_path: Path) -> list[str]:
     """Options pointing at a tiny text and a data folder in tmp."""
@@ -60,7 +69,11 @@ def exit_code(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
         run_main(lambda: train.main(argv))
-    return e.value.code, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) <= 1 and (not errors or err.strip().splitlines()[-1] == errors[0]), err
+    return e.value.code, "\n".join(errors)
 
 
 def subprocess_env() -> dict[str, str]:
