@@ -44,7 +44,10 @@ def filter_top_p(probs: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus: keep the smallest set of most likely tokens whose cumulative probability reaches p."""
     sorted_probs, order = torch.sort(probs, dim=-1, descending=True)  # (B, V)
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly more likely tokens
-    sorted_probs = sorted_probs.masked_fill(mass_before >= p, 0.0)  # the top token always survives
+    # A set whose mass equals p up to rounding reaches p: softmax and cumsum are off by a few ulps,
+    # and without the slack probs [0.5, 0.3, 0.2] with p = 0.8 would keep 3 tokens or 2 by luck.
+    reached = mass_before >= p - 16 * torch.finfo(probs.dtype).eps
+    sorted_probs = sorted_probs.masked_fill(reached, 0.0)  # mass_before of the top token is 0: it always survives
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
@@ -73,6 +76,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
                 top_p: float | None = None, min_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token per row from (B, V) logits; returns (B,) int64."""
+    check_sampling_args(temperature, top_k, top_p, min_p, None)
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
@@ -83,6 +87,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                             top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
     """The exact (B, V) distribution ``sample_next`` draws from (one-hot argmax at temperature 0)."""
+    check_sampling_args(temperature, top_k, top_p, min_p, None)
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).to(logits.dtype)
     probs = filtered_probs(logits, temperature, top_k, top_p, min_p)

@@ -1,0 +1,271 @@
+"""Generation: cache vs no cache, the window policy past block_size, stop ids, streams, seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig, generate_stream
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box spinning
+    OpenMP workers slow them down tenfold; restore the setting for other modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+V = 64
+
+
+def random_model(config: GPTConfig, seed: int = 0, std: float = 0.15) -> GPT:
+    """A model with every weight random, so zero-initialised projections and heads cannot hide bugs."""
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, std)
+            if p.dim() == 1 and ("ln_" in name or "norm" in name):
+                p.add_(1.0)
+    return model
+
+
+def tiny(preset: str, block_size: int = 32, **kw) -> GPT:
+    cfg = GPTConfig.preset(preset, block_size=block_size, vocab_size=V, n_layer=2, n_head=2, n_embd=32, **kw)
+    return random_model(cfg)
+
+
+def prompt(B: int, T: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def reference_greedy(model: GPT, idx: torch.Tensor, steps: int, keep: int,
+                     repetition_penalty: float | None = None) -> torch.Tensor:
+    """The documented window policy, written out with a full forward per token and no cache.
+
+    The context is tokens[start:n]; when it would exceed block_size, start jumps so the last
+    ``keep`` tokens remain (keep = block_size is nanoGPT's crop to the last block_size tokens).
+    """
+    block = model.config.block_size
+    tokens = idx.clone()
+    start = max(0, tokens.size(1) - block)
+    for _ in range(steps):
+        n = tokens.size(1)
+        if n - start > block:
+            start = n - keep
+        logits = model(tokens[:, start:n])[0][:, -1]  # (B, V)
+        if repetition_penalty is not None:
+            for b in range(tokens.size(0)):
+                for tok in set(tokens[b].tolist()):
+                    x = logits[b, tok]
+                    logits[b, tok] = x / repetition_penalty if x > 0 else x * repetition_penalty
+        tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+    return tokens
+
+
+@torch.no_grad()
+def nanogpt_crop_greedy(model: GPT, idx: torch.Tensor, steps: int) -> torch.Tensor:
+    """nanoGPT's loop: crop to the last block_size tokens, full forward, argmax."""
+    for _ in range(steps):
+        logits = model(idx[:, -model.config.block_size:])[0]
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("preset", ["classic", "modern"])
+def test_greedy_with_and_without_cache_agree_across_the_window(preset: str) -> None:
+    model = tiny(preset, block_size=256)
+    idx = prompt(2, 5)
+    cached = model.generate(idx, 300, temperature=0.0)
+    uncached = model.generate(idx, 300, temperature=0.0, use_cache=False)
+    assert cached.shape == (2, 305)
+    assert torch.equal(cached[:, :5], idx)
+    assert torch.equal(cached, uncached)
+    assert len(set(cached[:, 5:].flatten().tolist())) > 1  # not a constant continuation
+
+
+@pytest.mark.parametrize("preset", ["classic", "modern"])
+@pytest.mark.parametrize("keep", [None, 20, 1])
+def test_window_policy_matches_reference_loop(preset: str, keep: int | None) -> None:
+    model = tiny(preset)
+    idx = prompt(2, 9, seed=1)
+    ref = reference_greedy(model, idx, 70, keep=32 // 2 if keep is None else keep)
+    for use_cache in (True, False):
+        out = model.generate(idx, 70, temperature=0.0, window_keep=keep, use_cache=use_cache)
+        assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("preset", ["classic", "modern"])
+def test_window_keep_block_size_is_nanogpt_crop(preset: str) -> None:
+    model = tiny(preset)
+    idx = prompt(2, 3, seed=2)
+    ref = nanogpt_crop_greedy(model, idx, 50)
+    for use_cache in (True, False):
+        assert torch.equal(model.generate(idx, 50, temperature=0.0, window_keep=32, use_cache=use_cache), ref)
+
+
+def test_prompt_longer_than_block_keeps_its_tail() -> None:
+    model = tiny("classic")
+    idx = prompt(1, 50, seed=3)
+    out = model.generate(idx, 10, temperature=0.0)
+    assert torch.equal(out[:, :50], idx)
+    # the first new token only depends on the last block_size prompt tokens
+    other = idx.clone()
+    other[:, :18] = (idx[:, :18] + 1) % V
+    assert torch.equal(model.generate(other, 10, temperature=0.0)[:, 50:], out[:, 50:])
+
+
+class LogitRecorder:
+    """Records the last-position logits of every forward pass the model makes."""
+
+    def __init__(self, model: GPT) -> None:
+        self.logits: list[torch.Tensor] = []
+        self.handle = model.lm_head.register_forward_hook(lambda m, i, o: self.logits.append(o[:, -1].clone()))
+
+
+@pytest.mark.parametrize("preset", ["classic", "modern"])
+@pytest.mark.parametrize("keep", [None, 32])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_tokens_that_left_the_window_cannot_influence_logits(preset: str, keep: int | None, use_cache: bool) -> None:
+    """Two prompts of exactly block_size tokens differ only in their first token.
+
+    Step 1 sees the whole prompt, so its logits differ. From step 2 on the window has slid
+    past the first token (by 1 with keep = block_size, nanoGPT's crop; by block_size + 1 - keep
+    otherwise), so if step 1 picked the same token in both runs every later logit must be
+    identical: nothing outside the window is attended, with or without the cache.
+    """
+    model = tiny(preset)
+    base = prompt(1, 32, seed=4)
+    found = 0
+    for trial in range(20):
+        other = base.clone()
+        other[0, 0] = (base[0, 0] + 1 + trial) % V
+        runs = []
+        for p in (base, other):
+            rec = LogitRecorder(model)
+            out = model.generate(p, 12, temperature=0.0, window_keep=keep, use_cache=use_cache)
+            rec.handle.remove()
+            runs.append((out, torch.stack(rec.logits)))
+        (out_a, logits_a), (out_b, logits_b) = runs
+        if out_a[0, 32] != out_b[0, 32]:
+            continue  # step 1 legitimately differed; try another far past
+        assert not torch.allclose(logits_a[0], logits_b[0])  # the far past mattered while in the window
+        assert torch.equal(out_a[:, 32:], out_b[:, 32:])
+        torch.testing.assert_close(logits_a[1:], logits_b[1:], rtol=0, atol=1e-5)
+        found += 1
+    assert found >= 3
+
+
+def test_stop_ids_stop_rows_independently() -> None:
+    model = tiny("classic")
+    idx = prompt(3, 4, seed=5)
+    free = model.generate(idx, 40, temperature=0.0)[:, 4:]  # (3, 40) unstopped greedy continuation
+    stop_a, stop_b = free[0, 3].item(), free[1, 10].item()
+    stops = {stop_a, stop_b}
+
+    def first_stop(row: torch.Tensor) -> int | None:
+        hits = [i for i, t in enumerate(row.tolist()) if t in stops]
+        return hits[0] if hits else None
+
+    firsts = [first_stop(free[b]) for b in range(3)]
+    out = model.generate(idx, 40, temperature=0.0, stop_ids=[stop_a, stop_b])
+    new = out[:, 4:]
+    if all(f is not None for f in firsts):
+        assert new.size(1) == max(firsts) + 1  # ends early once every row has stopped
+    else:
+        assert new.size(1) == 40
+    for b, f in enumerate(firsts):
+        if f is None:
+            assert torch.equal(new[b], free[b, :new.size(1)])
+        else:
+            assert torch.equal(new[b, :f + 1], free[b, :f + 1])  # identical until its stop token
+            assert torch.all(new[b, f:] == free[b, f])  # then repeats it
+
+
+def test_generation_ends_when_all_rows_stop() -> None:
+    model = tiny("modern")
+    idx = prompt(2, 4, seed=6)
+    free = model.generate(idx, 20, temperature=0.0)[:, 4:]
+    out = model.generate(idx, 20, temperature=0.0, stop_ids=free[:, 0].tolist())
+    assert out.shape == (2, 5)
+    assert torch.equal(out[:, 4], free[:, 0])
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_stream_callback_and_tensor_forms_agree(use_cache: bool) -> None:
+    model = tiny("modern")
+    idx = prompt(2, 6, seed=7)
+    kw = dict(temperature=0.9, top_k=20, top_p=0.95, seed=11, use_cache=use_cache)
+    tensor = model.generate(idx, 40, **kw)
+    streamed = torch.stack(list(model.generate_stream(idx, 40, **kw)), dim=1)
+    calls: list[torch.Tensor] = []
+    again = model.generate(idx, 40, callback=calls.append, **kw)
+    assert torch.equal(tensor[:, 6:], streamed)
+    assert torch.equal(again, tensor)
+    assert torch.equal(torch.stack(calls, dim=1), streamed)
+    assert torch.equal(torch.stack(list(generate_stream(model, idx, 40, **kw)), dim=1), streamed)
+
+
+def test_seed_and_generator_reproduce_and_differ() -> None:
+    model = tiny("classic")
+    idx = prompt(2, 3, seed=8)
+    a = model.generate(idx, 30, temperature=1.0, seed=123)
+    assert torch.equal(a, model.generate(idx, 30, temperature=1.0, seed=123))
+    assert not torch.equal(a, model.generate(idx, 30, temperature=1.0, seed=124))
+    g = torch.Generator().manual_seed(123)
+    assert torch.equal(a, model.generate(idx, 30, temperature=1.0, generator=g))
+    # cached and uncached paths draw the same samples from the same seed
+    assert torch.equal(a, model.generate(idx, 30, temperature=1.0, seed=123, use_cache=False))
+
+
+def test_batched_rows_match_single_rows() -> None:
+    model = tiny("modern")
+    idx = prompt(3, 5, seed=9)
+    batched = model.generate(idx, 25, temperature=0.0)
+    for b in range(3):
+        assert torch.equal(batched[b:b + 1], model.generate(idx[b:b + 1], 25, temperature=0.0))
+
+
+def test_repetition_penalty_matches_reference() -> None:
+    model = tiny("classic")
+    idx = prompt(2, 6, seed=10)
+    out = model.generate(idx, 20, temperature=0.0, repetition_penalty=1.8)
+    assert torch.equal(out, reference_greedy(model, idx, 20, keep=16, repetition_penalty=1.8))
+    assert not torch.equal(out, model.generate(idx, 20, temperature=0.0))
+
+
+def test_generate_leaves_training_mode_and_grad_alone() -> None:
+    model = tiny("classic")
+    model.train()
+    out = model.generate(prompt(1, 2), 3, temperature=0.0)
+    assert model.training and not out.requires_grad
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_new_tokens=0), r">= 1"),
+    (dict(temperature=-1.0), r">= 0"),
+    (dict(top_p=0.0), r"\(0, 1\]"),
+    (dict(top_p=1.01), r"\(0, 1\]"),
+    (dict(top_k=-3), r">= 0"),
+    (dict(min_p=1.5), r"\[0, 1\]"),
+    (dict(repetition_penalty=0.0), r"> 0"),
+    (dict(window_keep=0), r"\[1, block_size"),
+    (dict(window_keep=33), r"\[1, block_size"),
+])
+def test_invalid_arguments_raise_with_the_range(kwargs: dict, match: str) -> None:
+    model = tiny("classic")
+    args = {"max_new_tokens": 5, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        model.generate(prompt(1, 2), args.pop("max_new_tokens"), **args)
+
+
+def test_invalid_prompt_shape_raises() -> None:
+    model = tiny("classic")
+    with pytest.raises(ValueError, match="idx"):
+        model.generate(torch.zeros(3, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match="idx"):
+        model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
