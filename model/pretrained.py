@@ -93,8 +93,14 @@ def from_pretrained(name_or_dir: str, **overrides: Any) -> GPT:
             model, _ = load_model(path)
             return model
         return load_hf_gpt2(cfg_path, path / WEIGHTS_FILE, **overrides)
-    if "/" in name_or_dir and not name_or_dir.startswith(("gpt2", "openai-community/")) and path.suffix:
-        raise CheckpointError(f"no such folder: {name_or_dir}")
+    # A hub repo id is "name" or "owner/name"; anything else that looks like a path (absolute, ./, ~,
+    # two or more slashes, an existing file) is a local folder that is missing, so say that and never
+    # send a path to the hub.
+    looks_local = (path.is_absolute() or name_or_dir.startswith((".", "~")) or name_or_dir.count("/") > 1
+                   or "\\" in name_or_dir or path.exists())
+    if looks_local:
+        raise CheckpointError(f"no such folder: {name_or_dir} (expected a quillgpt run folder or a Hugging Face "
+                              f"GPT-2 folder with {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - datasets depends on huggingface_hub
