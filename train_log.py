@@ -10,6 +10,7 @@ import io
 import json
 import netrc
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ class WandbLogger:
                   "Upload later with `wandb sync`.", file=sys.stderr)
             mode = "offline"
         self.wandb = wandb
-        self.run_id = run_id or wandb.util.generate_id()
+        self.run_id = run_id or secrets.token_hex(4)  # secrets: leaves the training RNGs untouched
         self.run = wandb.init(project=project, name=name, id=self.run_id, resume="allow", mode=mode,
                               dir=str(out_dir), config=config,
                               settings=wandb.Settings(console="off", silent=True))
