@@ -73,7 +73,11 @@ class SampleOptions:
     device: str = opt("auto", "where to run: auto = cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = opt("auto", "compute precision: auto = bfloat16 on a GPU that has it, else float32",
                      choices=("auto", "float32", "bfloat16", "float16"))
-    compile: bool = opt(False, "torch.compile the model (pays off on a GPU for long generations)")
+    threads: int = opt(0, "CPU threads for torch; 0 = auto: 1 for models under 20M parameters (tiny matmuls "
+                          "only lose to thread hand-offs, badly so on a busy machine), else torch's default "
+                          "or $OMP_NUM_THREADS")
+    compile: bool = opt(False, "torch.compile the model; experimental: the growing KV cache makes it recompile, "
+                               "so it only may pay off on a GPU for long generations (on CPU it is far slower)")
 
 
 DESCRIPTION = __doc__.split("\n\n")[0] + """
@@ -105,6 +109,8 @@ def check_options(o: SampleOptions) -> None:
         raise UsageError(f"--top_p must be in (0, 1] (1 = off), got {o.top_p}")
     if not 0.0 <= o.min_p <= 1.0:
         raise UsageError(f"--min_p must be in [0, 1] (0 = off), got {o.min_p}")
+    if o.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0 = auto), got {o.threads}")
     if not o.repetition_penalty > 0:
         raise UsageError(f"--repetition_penalty must be > 0 (1 = off), got {o.repetition_penalty}")
     if any(s == "" for s in o.stop):
@@ -430,6 +436,19 @@ def load_model(source: Source) -> "torch.nn.Module":
     return model
 
 
+SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread generates at least as fast as several
+
+
+def set_threads(requested: int, n_params: int) -> None:
+    """--threads: an explicit count, or auto (1 thread for a small model unless $OMP_NUM_THREADS says otherwise)."""
+    import torch
+
+    if requested > 0:
+        torch.set_num_threads(requested)
+    elif n_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def mask_padded_vocab(model: "torch.nn.Module", vocab_size: int) -> None:
     """Never sample ids the tokenizer cannot decode (a head padded to a multiple of 64, say)."""
     if model.config.vocab_size <= vocab_size:
@@ -541,12 +560,16 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         raise UsageError(f"the checkpoint's tokenizer has {tok.vocab_size} tokens but its model only "
                          f"{model.config.vocab_size}: the run folder mixes files from different runs")
     model.eval().to(device)
+    if device.type == "cpu":
+        set_threads(o.threads, model.num_params())
     mask_padded_vocab(model, tok.vocab_size)
     if o.compile:
         model = torch.compile(model, dynamic=True)
     log(f"checkpoint {source.label}: {model.num_params() / 1e6:.2f}M parameters, context {model.config.block_size}, "
         f"{tok.kind} tokenizer ({tok.vocab_size} tokens)")
-    log(f"device {device.type}, {str(dtype).removeprefix('torch.')}, seed {seed}"
+    n_threads = torch.get_num_threads()
+    threads = f" ({n_threads} thread{'s' if n_threads > 1 else ''})" if device.type == "cpu" else ""
+    log(f"device {device.type}{threads}, {str(dtype).removeprefix('torch.')}, seed {seed}"
         + ("" if o.seed is not None else f" (pass --seed={seed} to repeat)"))
     try:
         return generate(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer)

@@ -57,7 +57,10 @@ def default_checkpoint(folder: Path) -> str:
     except Exception:  # train.py missing or changed: its documented defaults at the time of writing
         arch = dict(preset="modern", n_layer=4, n_head=4, n_embd=128, block_size=64)
     shakespeare = Path("/work/shared/data/tinyshakespeare.txt")
-    chars = set(shakespeare.read_text(encoding="utf-8")) if shakespeare.is_file() else set(map(chr, range(32, 127))) | {"\n"}
+    if shakespeare.is_file():
+        chars = set(shakespeare.read_text(encoding="utf-8"))
+    else:
+        chars = set(map(chr, range(32, 127))) | {"\n"}
     tok = CharTokenizer(sorted(chars))
     preset = arch.pop("preset")
     torch.manual_seed(0)

@@ -174,7 +174,7 @@ def test_help_lists_every_option():
     proc = ok(sample("--help"))
     for name in ("out_dir", "checkpoint", "init_from", "prompt", "--start", "max_new_tokens", "temperature",
                  "top_k", "top_p", "min_p", "repetition_penalty", "num_samples", "seed", "stop", "stream",
-                 "device", "dtype", "compile"):
+                 "device", "dtype", "threads", "compile"):
         assert name in text(proc)
 
 
