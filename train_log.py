@@ -163,6 +163,7 @@ class Progress:
 
     def __init__(self, start: int, total: int, enabled: bool) -> None:
         self.bar = None
+        self.enabled = enabled  # off on ranks other than 0, and for in-process callers that want quiet
         if enabled and sys.stdout.isatty():
             from tqdm import tqdm
 
@@ -177,6 +178,8 @@ class Progress:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
             return
+        if not self.enabled:
+            return
         extra = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
         print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}, {ms:.1f} ms/iter, "
               f"{tok_s:,.0f} tok/s{extra}", flush=True)
@@ -184,7 +187,7 @@ class Progress:
     def message(self, text: str) -> None:
         if self.bar is not None:
             self.bar.write(text)
-        else:
+        elif self.enabled:
             print(text, flush=True)
 
     def close(self) -> None:
