@@ -32,7 +32,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
 
 from options import UsageError, opt, parse, run_main
 
@@ -54,6 +54,8 @@ class SampleOptions:
                           choices=("auto", "best", "latest"))
     init_from: str = opt("", "instead of --out_dir: a quillgpt run folder, a local Hugging Face GPT-2 folder or a "
                              "hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl); GPT-2 models use the gpt2 tokenizer")
+    gpt2_ranks: str | None = opt(None, "a local gpt2.tiktoken rank file, to use the GPT-2 tokenizer offline; "
+                                       "none = $QUILLGPT_GPT2_RANKS, else tiktoken's download")
     prompt: str = opt("", "text to continue; FILE:path reads a UTF-8 file, - reads stdin; empty = a newline "
                           "(char tokenizer) or <|endoftext|> (bpe/gpt2; not printed)", aliases=("start",))
     max_new_tokens: int = opt(500, "tokens to generate per sample (>= 1)")
@@ -195,10 +197,13 @@ def resolve_source(o: SampleOptions) -> Source:
     return Source(folder, None, meta, f"{folder} ({', '.join(facts)})")
 
 
-def load_tokenizer_for(source: Source) -> "Tokenizer":
+def load_tokenizer_for(source: Source, gpt2_ranks: str | None = None) -> "Tokenizer":
     """The run's own tokenizer (spec in config.json), or GPT-2's for GPT-2 weights."""
+    from functools import partial
+
     from data.tokenizer import load_tokenizer
 
+    load_tokenizer = partial(load_tokenizer, gpt2_ranks=gpt2_ranks)
     if source.folder is None:
         return load_tokenizer({"kind": "gpt2"}, ".")
     spec = source.meta.get("tokenizer")
@@ -496,7 +501,6 @@ def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: 
     steps = 0
     t0 = time.perf_counter()
     t_first = None
-    code = 0
     try:
         with autocast:
             for nxt in stream:
@@ -532,14 +536,14 @@ def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: 
     rate = (steps - 1) * B / (elapsed - first) if steps > 1 and elapsed > first else float("nan")
     log(f"{steps} steps x {B} sample(s) = {steps * B} tokens in {elapsed:.2f} s; first token after {first:.3f} s, "
         f"then {rate:.1f} tokens/s")
-    return code
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     o = parse(SampleOptions, argv, prog="sample.py", description=DESCRIPTION, config_files=False)
     check_options(o)
     source = resolve_source(o)
-    tok = load_tokenizer_for(source)
+    tok = load_tokenizer_for(source, o.gpt2_ranks)
     ids, prompt_text = encode_prompt(tok, read_prompt(o.prompt))
     seed = o.seed if o.seed is not None else secrets.randbelow(2**31)
     try:
