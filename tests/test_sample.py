@@ -167,6 +167,26 @@ def test_row_decoder_holds_back_stop_prefixes_and_joins_split_characters():
     assert "".join(row.feed(t) for t in cut) + row.finish() == "ok " == render_row(tok, cut, [], None)
 
 
+def test_printer_keeps_sample_order_while_rows_finish_out_of_order():
+    import io
+
+    from sample import Printer
+
+    out = io.BytesIO()
+    p = Printer(out, 3, prompt="P:")
+    p.emit(1, "b1")  # sample 2 is buffered while sample 1 is live
+    p.emit(0, "a1")
+    assert out.getvalue() == "P:a1".encode()
+    p.emit(1, "b2")
+    p.finish(1)
+    p.emit(2, "c1")
+    p.finish(0)  # sample 1 done: sample 2 (already complete) follows, then sample 3 goes live
+    assert out.getvalue() == "P:a1\n---------------\nP:b1b2\n---------------\nP:c1".encode()
+    p.emit(2, "c2")
+    p.finish(2)
+    assert out.getvalue().decode().split("\n---------------\n") == ["P:a1", "P:b1b2", "P:c1c2\n"]
+
+
 # ---------------------------------------------------------------------------- the program
 
 
@@ -242,7 +262,7 @@ def test_prompt_from_stdin(ckpt):
 def test_long_prompt_keeps_its_tail_with_a_warning(ckpt):
     prompt = CHAR_TEXT[:100]  # block_size is 32
     proc = ok(sample("--out_dir", str(ckpt["char"]), "--checkpoint=latest", "--prompt", prompt,
-                     "--max_new_tokens=70", "--seed=2"))
+                     "--max_new_tokens=70", "--seed=2", "--top_p=0.9", "--min_p=0.05", "--repetition_penalty=1.2"))
     assert "warning" in err(proc) and "last 32" in err(proc)
     assert "latest" in err(proc) and "iter 130" in err(proc)
     # the whole prompt is printed, then 70 tokens: generation runs on past the context window
