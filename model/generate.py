@@ -72,26 +72,28 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     stop = torch.tensor(sorted(set(stop_ids)), device=device) if stop_ids else None
     finished = torch.zeros(B, dtype=torch.bool, device=device) if stop is not None else None
 
+    nxt = None  # the last sampled (B,) tokens
     for _ in range(max_new_tokens):
         if n - start > block:  # overflow: slide the window, keeping its last `keep` tokens
             start = n - keep
         if cache is None:
             logits, _ = model(tokens[:, start:n], last_only=True)
-        else:
-            if cache_start != start:  # the window slid: re-prefill it
-                cache.reset()
-                cache_start = start
-            logits, _ = model(tokens[:, cache_start + cache.pos:n], kv_cache=cache, last_only=True)
-        logits = logits[:, -1, :]  # (B, V)
+        elif cache_start != start or nxt is None:  # first step, or the window slid: (re-)prefill it
+            cache.reset()
+            cache_start = start
+            logits, _ = model(tokens[:, start:n], kv_cache=cache, last_only=True)
+        else:  # decode: only the token sampled last step is new (cache_start + cache.pos == n - 1)
+            logits, _ = model(nxt.view(B, 1), kv_cache=cache, last_only=True)
+        logits = logits.view(B, -1)  # (B, V)
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         nxt = sample_next(logits, temperature, top_k, top_p, min_p, generator=gen)  # (B,)
         if finished is not None:
-            nxt = torch.where(finished, tokens[:, n - 1], nxt)  # finished rows repeat their stop token
+            nxt = torch.where(finished, tokens.select(1, n - 1), nxt)  # finished rows repeat their stop token
             finished |= torch.isin(nxt, stop)
         if seen is not None:
             seen.scatter_(1, nxt.unsqueeze(1), True)
-        tokens[:, n] = nxt
+        tokens.select(1, n).copy_(nxt)
         n += 1
         yield nxt
         if finished is not None and bool(finished.all()):

@@ -66,10 +66,9 @@ class CausalSelfAttention(nn.Module):
                 kv_cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.size()
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        # one view + one transpose for all heads, then split: 3 ops instead of 7 on the decode path
+        qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, hs).transpose(1, 2)  # (B, nh + 2 nkv, T, hs)
+        q, k, v = qkv.split([nh, nkv, nkv], dim=1)  # (B, nh, T, hs), (B, nkv, T, hs), (B, nkv, T, hs)
         if self.qk_norm:  # bounds the attention logits, which lets a higher learning rate stay stable
             q = F.rms_norm(q, (hs,), eps=self.eps)
             k = F.rms_norm(k, (hs,), eps=self.eps)
@@ -89,8 +88,9 @@ class CausalSelfAttention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=(T == S and T > 1),
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=(nkv != nh),
         )  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
-        return self.resid_dropout(self.c_proj(y))
+        y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble all head outputs side by side (no copy if T == 1)
+        y = self.c_proj(y)
+        return self.resid_dropout(y) if self.dropout > 0 else y  # skipping a no-op module saves a call per layer
 
 
 class MLP(nn.Module):
@@ -107,7 +107,8 @@ class MLP(nn.Module):
             x = F.relu(x).square()
         else:
             x = F.gelu(x, approximate="tanh" if self.activation == "gelu_tanh" else "none")
-        return self.dropout(self.c_proj(x))  # (B, T, C)
+        x = self.c_proj(x)  # (B, T, C)
+        return self.dropout(x) if self.dropout.p > 0 else x
 
 
 class Block(nn.Module):
@@ -189,19 +190,20 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"cannot attend over {start + T} tokens: block_size is {self.config.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
-        if "wpe" in self.transformer:
-            x = x + self.transformer.wpe(self.pos_ids[start:start + T])  # (T, C) broadcast over B
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(self.pos_ids.narrow(0, start, T))  # (T, C) broadcast over B
         rope = None
         if self.config.pos_emb == "rope":
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, hs/2) each
-        x = self.transformer.drop(x)
+            rope = (self.rope_cos.narrow(0, start, T), self.rope_sin.narrow(0, start, T))  # (T, hs/2) each
+        if self.config.dropout > 0:
+            x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, kv_cache, layer)
         x = self.transformer.ln_f(x)
         if kv_cache is not None:
             kv_cache.advance(T)
         if targets is None and last_only:
-            x = x[:, -1:, :]  # (B, 1, C): generation only needs the next token's logits
+            x = x.narrow(1, T - 1, 1)  # (B, 1, C): generation only needs the next token's logits
         logits = self.lm_head(x).float()  # (B, T, V); fp32 for a stable softmax/loss under autocast
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap

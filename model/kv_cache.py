@@ -16,21 +16,30 @@ class KVCache:
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int) -> None:
         self.shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
         self.max_len = max_len
-        self.k: torch.Tensor | None = None
+        self.k: torch.Tensor | None = None  # (n_layer, B, nkv, max_len, hs)
         self.v: torch.Tensor | None = None
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per-layer (B, nkv, max_len, hs) views
         self.pos = 0  # a Python int: reading it never syncs the device
+
+    def _allocate(self, like: torch.Tensor) -> None:
+        self.k = torch.zeros(self.shape, device=like.device, dtype=like.dtype)
+        self.v = torch.zeros(self.shape, device=like.device, dtype=like.dtype)
+        # views made once, not per step (select, not unbind: unbind's views refuse in-place writes under autograd)
+        self.layers = [(self.k[i], self.v[i]) for i in range(self.shape[0])]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's (B, nkv, T, hs) keys/values for ``layer``; return all keys/values so far."""
         if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device:
-            self.k = torch.zeros(self.shape, device=k.device, dtype=k.dtype)
-            self.v = torch.zeros(self.shape, device=v.device, dtype=v.dtype)
-        end = self.pos + k.size(2)
+            self._allocate(k)
+        T = k.size(2)
+        end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nkv, pos+T, hs) views
+        k_all, v_all = self.layers[layer]
+        # narrow + copy_ are two plain calls; tensor[..., a:b] = x parses an index tuple every step
+        k_all.narrow(2, self.pos, T).copy_(k)
+        v_all.narrow(2, self.pos, T).copy_(v)
+        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)  # (B, nkv, pos+T, hs) views
 
     def advance(self, T: int) -> None:
         self.pos += T
