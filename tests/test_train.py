@@ -343,3 +343,27 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     m2, _ = load_model(tmp_path / "two")
     for (k, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
         torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_eval_only_and_init_from_a_run_folder(tmp_path: Path, corpus) -> None:
+    first = run(args(tmp_path, corpus, "--max_iters=10", "--eval_interval=10"))
+    out = tmp_path / "out"
+    before = (out / "metrics.jsonl").read_text(encoding="utf-8")
+    res = run([f"--out_dir={out}", "--init_from=resume", "--eval_only"])
+    assert res["stopped"] == "eval_only" and res["val_loss"] == pytest.approx(first["val_loss"])
+    assert (out / "metrics.jsonl").read_text(encoding="utf-8") == before  # eval_only writes nothing
+    # fine-tune from the best model of that run (GPT.from_pretrained on a quillgpt folder)
+    res = run(args(tmp_path, corpus, f"--init_from={out / 'best'}", "--max_iters=3", "--eval_interval=3",
+                   "--learning_rate=1e-4", out="tuned"))
+    assert res["iters"] == 3 and res["val_loss"] <= first["val_loss"] + 0.05
+
+
+def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path: Path, corpus, monkeypatch, capsys) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    capsys.readouterr()
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2", "--wandb_log", "--wandb_mode=online"))
+    assert "offline" in capsys.readouterr().err
+    assert list((tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb"))
