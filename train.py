@@ -5,6 +5,15 @@
     python train.py --init_from=resume --out_dir=out   # continue a run exactly where it stopped
     torchrun --standalone --nproc_per_node=8 train.py configs/gpt2_124m.toml
 
+Several machines (run on each node; node 0's address as master, same port everywhere):
+
+    torchrun --nnodes=2 --nproc_per_node=8 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 \
+        train.py configs/gpt2_124m.toml       # node 1: --node_rank=1; without InfiniBand: NCCL_IB_DISABLE=1
+
+Each process reads its own rows of every global batch; only rank 0 logs and writes the run
+folder (give every node the same shared --out_dir/--data_dir, or resume from rank 0's).
+The global batch is batch_size x gradient_accumulation_steps x processes (printed at start).
+
 Read top-down: TrainConfig (every option, shown by --help), then the pieces of a run
 (device, model, optimizer, schedule, evaluation, checkpoint), then ``train(cfg)``, the loop,
 and ``main``. Dashboards live in train_log.py, checkpoint state in train_state.py.

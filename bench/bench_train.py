@@ -102,12 +102,12 @@ def nanogpt(folder: Path) -> tuple[str, callable, float]:
     spec = importlib.util.spec_from_file_location("nanogpt_model", folder / "model.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    torch.manual_seed(1337)
-    model = mod.GPT(mod.GPTConfig(**SHAPE, dropout=0.0, bias=False))
     import contextlib
     import io
 
+    torch.manual_seed(1337)
     with contextlib.redirect_stdout(io.StringIO()):  # it prints its parameter counts
+        model = mod.GPT(mod.GPTConfig(**SHAPE, dropout=0.0, bias=False))
         optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
     state = {"it": 0}
 
