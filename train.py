@@ -11,7 +11,7 @@ Several machines (run on each node; node 0's address as master, same port everyw
         train.py configs/gpt2_124m.toml       # node 1: --node_rank=1; without InfiniBand: NCCL_IB_DISABLE=1
 
 Each process reads its own rows of every global batch; only rank 0 logs and writes the run
-folder (give every node the same shared --out_dir/--data_dir, or resume from rank 0's).
+folder (--out_dir is on rank 0's machine: resume there, or use a shared filesystem).
 The global batch is batch_size x gradient_accumulation_steps x processes (printed at start).
 
 Read top-down: TrainConfig (every option, shown by --help), then the pieces of a run
@@ -393,15 +393,16 @@ def train(cfg: TrainConfig, log_to_console: bool = True) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     say = print if (dist.master and log_to_console) else (lambda *a, **k: None)
 
-    # ---- data: rank 0 prepares the corpus (once), the others wait and then read it
+    # ---- data: rank 0 prepares the corpus, then each other node's first process (a no-op if
+    # data_dir is shared), then everyone else reads it: never two builders of one folder at once
     prep = PrepareOptions(dataset=cfg.dataset, input=cfg.input, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
                           data_dir=cfg.data_dir, hf_config=cfg.hf_config, max_tokens=cfg.max_tokens)
-    if dist.master:
-        data_folder = ensure_prepared(prep)
-    if dist.ddp:
-        torch.distributed.barrier()
-        if not dist.master:
+    turns = [dist.master, dist.local_rank == 0 and not dist.master, dist.local_rank != 0] if dist.ddp else [True]
+    for my_turn in turns:
+        if my_turn:
             data_folder = ensure_prepared(prep)
+        if dist.ddp:
+            torch.distributed.barrier()
     meta = load_meta(data_folder)
     tokenizer = load_tokenizer(meta["tokenizer"], data_folder)
 
