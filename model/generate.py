@@ -13,7 +13,9 @@ Learned positions make cached keys position-dependent, so the cache cannot slide
 keys could, but their deeper layers were computed with the older context. Re-prefilling
 is exact for both, and doing it every ``block_size - window_keep`` tokens keeps its cost
 amortised. ``window_keep = block_size`` gives nanoGPT's crop-every-step behaviour (a full
-forward per token past the window). The uncached path (``use_cache=False``) applies the same
+forward per token past the window). Between slides each step feeds only the token sampled
+the step before, so a decode step is one (B, 1) forward with no slicing or copying of the
+context. The uncached path (``use_cache=False``) applies the same
 policy with a full forward per token, so both paths produce the same tokens.
 """
 
