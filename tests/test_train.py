@@ -313,10 +313,13 @@ def test_wandb_offline_logs_into_the_run_folder(tmp_path: Path, corpus, monkeypa
              "--sample_tokens=10"))
     files = list((tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, list((tmp_path / "out").rglob("*"))
-    keys = set()
-    for record in wandb_records(files[0]):
-        if record.WhichOneof("record_type") == "history":
-            keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+    keys: set[str] = set()
+    deadline = time.time() + 30
+    while "val/loss" not in keys and time.time() < deadline:  # wandb's writer process may lag behind finish()
+        for record in wandb_records(files[0]):
+            if record.WhichOneof("record_type") == "history":
+                keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
+        time.sleep(0.5)
     for key in ("train/loss", "val/loss", "lr", "grad_norm", "tokens_per_sec", "flops_per_sec", "tokens"):
         assert key in keys, (key, sorted(keys))
     assert any(k.startswith("sample") for k in keys), sorted(keys)  # the generated text, as wandb.Html
