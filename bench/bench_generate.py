@@ -9,6 +9,9 @@ min_new_tokens=max_new_tokens so it cannot stop early; nanoGPT: top_k=1, the sam
 up to ties), so all do the same work per token. Each timing is the median of ``runs``
 after one warm-up, all in this one process, so ratios are measured side by side.
 
+On a box shared with other jobs, pass ``--threads=1``: spinning OpenMP workers that compete
+for the same cores slow every contender down several-fold and make the numbers noise.
+
 nanoGPT is timed only when ``NANOGPT_DIR`` points at a checkout holding its ``model.py``.
 The FLOP/s line counts 2 * params FLOPs per generated token (the matmul work of a forward
 pass, attention ignored) against the median of a 2048 x 2048 fp32 matmul.
@@ -135,6 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     for b in o.batches:
         achieved = 2 * n_params * rates["ours (cache)", b]
         print(f"ours (cache) at b{b}: {achieved / 1e9:.2f} GFLOP/s = {100 * achieved / peak:.1f}% of matmul peak")
+    # Each decode step streams every weight once for the whole batch: at batch 1 that memory
+    # traffic, not arithmetic, bounds the speed (these weights outgrow a 32 MB L3 cache).
+    weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
+    for b in o.batches:
+        steps_per_s = rates["ours (cache)", b] / b
+        print(f"ours (cache) at b{b}: weights read at {weight_bytes * steps_per_s / 1e9:.1f} GB/s "
+              f"({weight_bytes / 1e6:.0f} MB per step)")
 
 
 if __name__ == "__main__":
