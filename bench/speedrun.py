@@ -1,0 +1,233 @@
+"""CPU speedrun: wall time to tinyshakespeare char val loss <= 1.886, fast preset vs nanoGPT's recipe.
+
+    python bench/speedrun.py                       # classic replica vs configs/speedrun_cpu.toml, 3 seeds
+    NANOGPT_DIR=../nanoGPT python bench/speedrun.py   # also nanoGPT itself, run beside us
+    python bench/speedrun.py --levers               # the lever table: one run per row, 1 seed
+
+Protocol (the same for every contender):
+- data: tinyshakespeare, characters, nanoGPT's split (first 90% train); read from --input.
+- each run stops at its iteration budget or at the first in-loop eval with val loss <= target;
+  time-to-target is the wall time (evals included) at that eval, from metrics.jsonl.
+- afterwards the final weights are scored on the SAME 200 val batches (batch 12, block 64,
+  seed 0) for everyone: that is the "final val" column, and a run only counts as reaching
+  the target if this score is <= target too.
+- medians over seeds; ratios printed side by side from this one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from options import UsageError, opt, parse, run_main  # noqa: E402
+
+DEFAULT_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# Each kept lever adds its change to the rows above it, starting from the classic replica;
+# a dropped lever is measured on top of everything kept so far and then left out.
+LEVERS: list[tuple[str, dict, bool]] = [
+    ("classic replica (nanoGPT CPU recipe)", {}, True),
+    ("+ modern switches (rotary, RMSNorm, QK-norm, ReLU², untied zero-init head, soft-cap 15)",
+     dict(model="modern"), True),
+    ("+ Muon for hidden matrices (lr 0.02), AdamW lr 3e-3 elsewhere, no weight decay",
+     dict(optimizer="muon", muon_lr=0.02, learning_rate=3e-3, weight_decay=0.0, min_lr=3e-4), True),
+    ("+ batch 32, 200 iterations, warmup-stable-decay (cooldown 50%); evals at start and end only",
+     dict(batch_size=32, max_iters=200, lr_decay_iters=200, warmup_iters=20, lr_schedule="wsd",
+          cooldown_frac=0.5), True),
+    ("bf16 autocast (dropped)", dict(dtype="bfloat16"), False),
+    ("cosine instead of warmup-stable-decay (dropped)", dict(lr_schedule="cosine"), False),
+]
+
+
+@dataclass
+class SpeedrunOptions:
+    input: str = opt(str(DEFAULT_INPUT), "tinyshakespeare.txt (the char-rnn file); never downloaded here")
+    seeds: list[int] = opt([1337, 1338, 1339], "seeds; repeat --seeds for several (medians are reported)")
+    target: float = opt(1.886, "target val loss (nanoGPT's CPU recipe result)")
+    final_eval_batches: int = opt(200, "val batches (of 12 x 64 tokens) for the final score, same for all")
+    baseline: str = opt("configs/shakespeare_char_cpu.toml", "the classic replica preset")
+    fast: str = opt("configs/speedrun_cpu.toml", "the fast preset")
+    nanogpt_dir: str | None = opt(os.environ.get("NANOGPT_DIR"), "a nanoGPT checkout with data/shakespeare_char "
+                                  "prepared, to run side by side (default: $NANOGPT_DIR)")
+    nanogpt_seeds: int = opt(1, "how many of the seeds to run nanoGPT with (it has no --seed; runs repeat seed 1337)")
+    levers: bool = opt(False, "print the lever table instead (one seed per row)")
+    threads: int = opt(0, "torch threads; 0 = torch's default")
+    work_dir: str | None = opt(None, "where run folders go; default a temp dir")
+
+
+@torch.no_grad()
+def final_val_loss(out_dir: Path, data_dir: Path, batches: int) -> float:
+    """Score a run's latest weights on fixed val batches: batch 12, block 64, seed 0."""
+    from data.loader import BatchLoader
+    from model.weights import load_model
+
+    model, _ = load_model(out_dir)
+    model.eval()
+    loader = BatchLoader(data_dir / "val.bin", block_size=64, batch_size=12, seed=0)
+    total = 0.0
+    for _ in range(batches):
+        x, y = loader.next_batch()
+        total += model(x, y)[1].item()
+    return total / batches
+
+
+def time_to_target(out_dir: Path, target: float) -> float | None:
+    """Seconds (from the run's start) of the first eval with val loss <= target, from metrics.jsonl."""
+    from train_log import read_metrics
+
+    for rec in read_metrics(out_dir):
+        if rec.get("event") == "eval" and rec["val_loss"] <= target:
+            return rec["time"]
+    return None
+
+
+def run_ours(preset: str, overrides: dict, seed: int, opts: SpeedrunOptions, work: Path, name: str) -> dict:
+    """One in-process training run of ours; returns its timings and scores."""
+    import train
+
+    out_dir = work / f"{name}-{seed}"
+    argv = [str(REPO / preset), f"--out_dir={out_dir}", f"--seed={seed}", f"--input={opts.input}",
+            f"--data_dir={work / 'data'}", "--dataset=tinyshakespeare", "--sample_tokens=0", "--log_interval=50",
+            f"--threads={opts.threads}"]
+    argv += [f"--{k}={v}" for k, v in overrides.items()]
+    cfg = train.load_config(argv)
+    res = train.train(cfg, log_to_console=False)
+    data_dir = work / "data" / "tinyshakespeare" / "char"
+    final = final_val_loss(out_dir, data_dir, opts.final_eval_batches)
+    ttt = time_to_target(out_dir, opts.target)
+    return dict(time=res["time"], iters=res["iters"], tok_s=res["tokens_per_sec"], final=final,
+                ttt=ttt if ttt is not None and final <= opts.target else None,
+                flops_per_tok=_flops_per_token(out_dir))
+
+
+def _flops_per_token(out_dir: Path) -> float:
+    from model.weights import load_model
+
+    model, _ = load_model(out_dir)
+    return model.flops_per_token(model.config.block_size)
+
+
+def run_nanogpt(nanogpt_dir: Path, target: float) -> dict:
+    """nanoGPT's README CPU recipe, as its README gives it, in a subprocess; parse its eval lines."""
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
+           "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
+           "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0",
+           f"--out_dir={tempfile.mkdtemp(prefix='nanogpt-out-')}"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=nanogpt_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ttt, last_val, iters_ms = None, None, []
+    for line in proc.stdout:
+        m = re.match(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", line)
+        if m:
+            last_val = float(m.group(2))
+            if ttt is None and last_val <= target:
+                ttt = time.perf_counter() - t0
+        m = re.match(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", line)
+        if m:
+            iters_ms.append(float(m.group(1)))
+    proc.wait()
+    wall = time.perf_counter() - t0
+    med_ms = statistics.median(iters_ms[10:]) if len(iters_ms) > 10 else float("nan")
+    return dict(time=wall, final=last_val, ttt=ttt, tok_s=12 * 64 / (med_ms / 1000))
+
+
+def peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5) -> float:
+    """Median FLOP/s of an n x n matmul: the machine's practical peak for this dtype."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times)
+
+
+def med(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse(SpeedrunOptions, argv, prog="bench/speedrun.py", description=__doc__.split("\n")[0])
+    if not Path(opts.input).is_file():
+        raise UsageError(f"--input {opts.input} not found: pass the tinyshakespeare file (the char-rnn input.txt)")
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    work = Path(opts.work_dir or tempfile.mkdtemp(prefix="quillgpt-speedrun-"))
+    fp32_peak, bf16_peak = peak_flops(torch.float32), peak_flops(torch.bfloat16)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {fp32_peak / 1e9:.0f} "
+          f"GFLOP/s, bf16 {bf16_peak / 1e9:.0f} GFLOP/s; target val loss {opts.target}", flush=True)
+
+    if opts.levers:
+        print("| lever | time to target (s) | final val | iters | tokens/s |")
+        print("|---|---|---|---|---|")
+        acc: dict = {"target_loss": opts.target}
+        for i, (label, change, keep) in enumerate(LEVERS):
+            r = run_ours(opts.baseline, {**acc, **change}, opts.seeds[0], opts, work, f"lever{i}")
+            if keep:
+                acc.update(change)
+            ttt = fmt(r["ttt"]) if r["ttt"] is not None else f"not reached ({r['time']:.1f} s run)"
+            print(f"| {label} | {ttt} | {r['final']:.4f} | {r['iters']} | {fmt(r['tok_s'], '.0f')} |", flush=True)
+        return 0
+
+    rows: dict[str, list[dict]] = {"classic replica": [], "fast preset": [], "nanoGPT": []}
+    for seed in opts.seeds:
+        rows["classic replica"].append(run_ours(opts.baseline, {"target_loss": opts.target}, seed, opts, work,
+                                                "classic"))
+        rows["fast preset"].append(run_ours(opts.fast, {"target_loss": opts.target}, seed, opts, work, "fast"))
+        for name in ("classic replica", "fast preset"):
+            r = rows[name][-1]
+            print(f"  seed {seed} {name}: {r['time']:.1f} s, {r['iters']} iters, final val {r['final']:.4f}, "
+                  f"time to target {fmt(r['ttt'])} s", flush=True)
+    if opts.nanogpt_dir:
+        for _ in range(opts.nanogpt_seeds):
+            r = run_nanogpt(Path(opts.nanogpt_dir), opts.target)
+            rows["nanoGPT"].append(r)
+            print(f"  nanoGPT: {r['time']:.1f} s, its final val (20 batches) {fmt(r['final'], '.4f')}", flush=True)
+
+    print(f"\n{'contender':<16} {'wall s':>7} {'to target s':>12} {'final val':>10} {'tokens/s':>9} {'GFLOP/s':>8}"
+          f" {'% fp32 peak':>11}")
+    summary = {}
+    for name, rs in rows.items():
+        if not rs:
+            continue
+        wall, ttt, final, tok_s = (med([r[k] for r in rs]) for k in ("time", "ttt", "final", "tok_s"))
+        fpt = rs[0].get("flops_per_tok")
+        gflops = tok_s * fpt / 1e9 if fpt and tok_s else None
+        summary[name] = dict(wall=wall, ttt=ttt, final=final, tok_s=tok_s)
+        pct = fmt(100 * gflops * 1e9 / fp32_peak) if gflops else "-"
+        print(f"{name:<16} {fmt(wall):>7} {fmt(ttt):>12} {fmt(final, '.4f'):>10} {fmt(tok_s, '.0f'):>9} "
+              f"{fmt(gflops):>8} {pct:>11}")
+    base, fast = summary["classic replica"], summary["fast preset"]
+    base_time = base["ttt"] if base["ttt"] is not None else base["wall"]
+    print(f"\nfast preset time to target / classic replica {'time to target' if base['ttt'] else 'full run'}: "
+          f"{fmt(fast['ttt'] / base_time if fast['ttt'] else None, '.3f')}  (goal <= 0.333)")
+    if "nanoGPT" in summary:
+        n = summary["nanoGPT"]
+        print(f"classic replica tokens/s / nanoGPT tokens/s: {base['tok_s'] / n['tok_s']:.3f}  (goal >= 1.0)")
+        print(f"classic replica final val {base['final']:.4f} vs nanoGPT's {n['final']:.4f} (20-batch estimate); "
+              f"reference 1.8857 +- 0.03")
+    print(f"seeds: {opts.seeds}; run folders in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
