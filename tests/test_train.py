@@ -31,7 +31,8 @@ And summer's lease hath all too short a date;
 """
 
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=8", "--eval_iters=2",
-        "--sample_tokens=0", "--device=cpu", "--warmup_iters=5", "--log_interval=1"]
+        "--sample_tokens=0", "--device=cpu", "--warmup_iters=5", "--log_interval=1",
+        "--dtype=float32"]  # pinned: dtype=auto on CPU measures bf16 vs fp32, and timing is not reproducible
 
 
 @pytest.fixture(autouse=True)
@@ -370,3 +371,19 @@ def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path: Path, 
     run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2", "--wandb_log", "--wandb_mode=online"))
     assert "offline" in capsys.readouterr().err
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_cpu_bf16_probe_leaves_the_rng_stream_alone():
+    """dtype=auto on CPU times a throwaway copy; the training RNG must not notice (exact resume)."""
+    from model import GPT, GPTConfig
+    from train import cpu_bf16_pays
+
+    model = GPT(GPTConfig.modern(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    assert isinstance(cpu_bf16_pays(model, batch_size=4, block_size=16), bool)
+    assert torch.equal(torch.rand(4), expected)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
