@@ -11,13 +11,10 @@ our wrapper costs (it should be ~1.0x). GPT-2's ranks come from a local file, ne
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,6 +24,7 @@ from data.loader import BatchLoader  # noqa: E402
 from data.tokenfile import token_dtype  # noqa: E402
 from data.tokenizer import CharTokenizer, TiktokenTokenizer, get_gpt2_encoding, train_bpe  # noqa: E402
 from options import UsageError, opt, parse, run_main  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 SHARED = Path(os.environ.get("QUILLGPT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
@@ -37,16 +35,6 @@ class BenchOptions:
     input: str = opt(str(SHARED / "data" / "tinyshakespeare.txt"), "the text to tokenize")
     gpt2_ranks: str = opt(str(SHARED / "data" / "gpt2.tiktoken"), "GPT-2 ranks in tiktoken format")
     vocab_size: int = opt(4096, "vocabulary size for the BPE training measurement")
-
-
-def median_seconds(fn: Callable[[], object], runs: int) -> float:
-    fn()  # warm-up: regex compilation, page cache, lazy imports
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from model import GPT, GPTConfig  # noqa: E402
 from options import opt, parse, run_main  # noqa: E402
+from timing import matmul_peak, median_seconds  # noqa: E402
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
 
@@ -46,23 +45,6 @@ class BenchOptions:
     threads: int = opt(0, "torch intra-op threads; 0 = leave torch's default")
     transformers: bool = opt(True, "also time transformers' GPT2LMHeadModel.generate")
     uncached: bool = opt(True, "also time our use_cache=False path (full forward per token)")
-
-
-def median_seconds(fn: Callable[[], object], runs: int) -> float:
-    """Median wall time of ``fn`` over ``runs`` calls, after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def matmul_peak(runs: int = 5, n: int = 2048) -> float:
-    """FLOP/s of an n x n fp32 matmul (median): the machine's practical dense peak."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / median_seconds(lambda: a @ b, runs)
 
 
 def load_nanogpt(directory: str) -> type | None:

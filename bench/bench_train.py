@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from options import opt, parse, run_main  # noqa: E402
+from timing import matmul_peak  # noqa: E402
 
 
 @dataclass
@@ -46,18 +47,6 @@ SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65)
 BATCH = 12
 
 
-def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 7) -> float:
-    """FLOP/s of an n x n matmul, median of ``repeats``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
-
-
 def batches(seed: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     data = torch.randint(0, SHAPE["vocab_size"], (100_000,), generator=g)
@@ -72,7 +61,7 @@ def batches(seed: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 def ours() -> tuple[str, callable, float]:
     import train
-    from model import GPT, GPTConfig
+    from model import GPT
 
     cfg = train.TrainConfig(model="classic", bias=False, dropout=0.0, optimizer="adamw", learning_rate=1e-3,
                             beta2=0.99, grad_clip=1.0, warmup_iters=100, max_iters=2000, batch_size=BATCH, **{

@@ -16,7 +16,6 @@ Protocol (the same for every contender):
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import statistics
@@ -33,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from options import UsageError, opt, parse, run_main  # noqa: E402
+from timing import matmul_peak  # noqa: E402
 
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -148,18 +148,6 @@ def run_nanogpt(nanogpt_dir: Path, target: float) -> dict:
     return dict(time=wall, final=last_val, ttt=ttt, tok_s=12 * 64 / (med_ms / 1000))
 
 
-def peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5) -> float:
-    """Median FLOP/s of an n x n matmul: the machine's practical peak for this dtype."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times)
-
-
 def med(xs: list[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -176,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     work = Path(opts.work_dir or tempfile.mkdtemp(prefix="quillgpt-speedrun-"))
-    fp32_peak, bf16_peak = peak_flops(torch.float32), peak_flops(torch.bfloat16)
+    fp32_peak, bf16_peak = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {fp32_peak / 1e9:.0f} "
           f"GFLOP/s, bf16 {bf16_peak / 1e9:.0f} GFLOP/s; target val loss {opts.target}", flush=True)
 

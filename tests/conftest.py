@@ -36,3 +36,15 @@ def tinyshakespeare() -> Path:
 def gpt2_ranks() -> Path:
     """GPT-2's BPE ranks in tiktoken format, so GPT-2 encoding needs no network."""
     return shared_file("data/gpt2.tiktoken")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tests use tiny models, which gain nothing from intra-op threads; on a shared 2-core box,
+    spinning OpenMP workers slow them down tenfold. Restored after each test."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

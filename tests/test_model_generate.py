@@ -8,16 +8,6 @@ import torch
 from model import GPT, GPTConfig, generate_stream
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box spinning
-    OpenMP workers slow them down tenfold; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 V = 64
 
 

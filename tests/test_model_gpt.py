@@ -10,15 +10,6 @@ import torch
 from model import GPT, GPTConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box spinning
-    OpenMP workers slow them down tenfold; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 TINY = dict(block_size=32, vocab_size=64, n_layer=2, n_head=4, n_embd=32)
 PRESETS = {
     "classic": lambda **kw: GPTConfig.classic(**{**TINY, **kw}),

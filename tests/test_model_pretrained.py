@@ -16,15 +16,6 @@ from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 from model import GPT, CheckpointError, GPTConfig, save_model  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any accidental hub access fails fast instead of reaching the network."""

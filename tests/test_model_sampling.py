@@ -12,16 +12,6 @@ from hypothesis import strategies as st
 from model.sampling import apply_repetition_penalty, check_sampling_args, next_token_distribution, sample_next
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core box spinning
-    OpenMP workers slow them down tenfold; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def logits_of(probs: list[float]) -> torch.Tensor:
     """(1, V) logits whose softmax is ``probs``."""
     return torch.tensor([probs], dtype=torch.float64).log()

@@ -16,15 +16,6 @@ from model.weights import load_weights, save_weights
 TINY = dict(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def random_model(config: GPTConfig, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     model = GPT(config).eval()

@@ -21,7 +21,7 @@ from conftest import ROOT
 
 import train
 import train_state
-from options import UsageError, run_main
+from options import run_main
 from train import TrainConfig, load_config
 
 POEM = """Shall I compare thee to a summer's day?
@@ -35,21 +35,12 @@ TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_
         "--dtype=float32"]  # pinned: dtype=auto on CPU measures bf16 vs fp32, and timing is not reproducible
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core box, two threads spin-wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def corpus(tmp_path: Path) -> list[str]:
     """Options pointing at a tiny text and a data folder in tmp."""
     text = tmp_path / "poem.txt"
     text.write_text(POEM * 20, encoding="utf-8")
-    return [f"--dataset=poem", f"--input={text}", f"--data_dir={tmp_path / 'data'}"]
+    return ["--dataset=poem", f"--input={text}", f"--data_dir={tmp_path / 'data'}"]
 
 
 def args(tmp_path: Path, corpus: list[str], *extra: str, out: str = "out") -> list[str]:
