@@ -63,7 +63,7 @@ def ours() -> tuple[str, callable, float]:
     import train
     from model import GPT
 
-    cfg = train.TrainConfig(model="classic", bias=False, dropout=0.0, optimizer="adamw", learning_rate=1e-3,
+    cfg = train.TrainConfig(model="classic", bias=False, activation="gelu", dropout=0.0, optimizer="adamw", learning_rate=1e-3,
                             beta2=0.99, grad_clip=1.0, warmup_iters=100, max_iters=2000, batch_size=BATCH, **{
                                 k: v for k, v in SHAPE.items() if k != "vocab_size"})
     torch.manual_seed(1337)

@@ -41,7 +41,7 @@ DEFAULT_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 LEVERS: list[tuple[str, dict, bool]] = [
     ("classic replica (nanoGPT CPU recipe)", {}, True),
     ("+ modern switches (rotary, RMSNorm, QK-norm, ReLU², untied zero-init head, soft-cap 15)",
-     dict(model="modern"), True),
+     dict(model="modern", activation="relu2"), True),
     ("+ Muon for hidden matrices (lr 0.02), AdamW lr 3e-3 elsewhere, no weight decay",
      dict(optimizer="muon", muon_lr=0.02, learning_rate=3e-3, weight_decay=0.0, min_lr=3e-4), True),
     ("+ batch 32, 200 iterations (warmup 20, cosine to 3e-4); evals at start and end only",
