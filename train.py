@@ -29,6 +29,7 @@ A run folder (``out_dir``) holds:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -706,6 +707,10 @@ def _train(cfg: TrainConfig, log_to_console: bool, t_start: float) -> dict[str, 
             if wb is not None:
                 wb.finish()
             if dist.ddp:
+                # a barrier first: a rank that tears gloo down while another is still finishing its
+                # last save can abort the slower one ("terminate called without an active exception")
+                with contextlib.suppress(RuntimeError):
+                    torch.distributed.barrier()
                 torch.distributed.destroy_process_group()
 
     result.update(iters=iter_num, best_val_loss=best_val if math.isfinite(best_val) else None,
