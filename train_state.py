@@ -106,14 +106,9 @@ def load_state(out_dir: str | Path) -> dict[str, Any]:
 
 def load_model_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
     """Load saved weights into ``model``, naming any missing, extra or misshapen tensor."""
-    expected = model.state_dict()
-    if model.config.tie_embeddings:
-        expected.pop("lm_head.weight", None)
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or extra:
-        raise UsageError(f"{path} does not match the model: missing {missing[:4]}, unexpected {extra[:4]}")
-    for k, v in tensors.items():
-        if v.shape != expected[k].shape:
-            raise UsageError(f"{path} does not match the model: {k} is {tuple(v.shape)}, "
-                             f"the config makes {tuple(expected[k].shape)}")
-    model.load_state_dict(tensors, strict=False)  # strict=False: a tied head is stored once
+    from model.weights import CheckpointError, load_tensors
+
+    try:
+        load_tensors(model, tensors, path)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None

@@ -62,6 +62,11 @@ def load_weights(model: GPT, path: str | Path) -> None:
         tensors = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt ({e}); restore it or retrain") from None
+    load_tensors(model, tensors, path)
+
+
+def load_tensors(model: GPT, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load a state dict read from ``path`` after checking every name and shape against ``model``."""
     expected = model.state_dict()
     if model.config.tie_embeddings:
         expected.pop("lm_head.weight", None)

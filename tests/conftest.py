@@ -48,3 +48,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def random_model(config, seed: int = 0, std: float = 0.15):
+    """A GPT with every weight random, so zero-initialised projections and heads cannot hide bugs."""
+    import torch
+
+    from model import GPT
+
+    torch.manual_seed(seed)
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, std)
+            if p.dim() == 1 and ("ln_" in name or "norm" in name):
+                p.add_(1.0)  # norm gains around 1
+    return model

@@ -5,22 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import random_model
 from model import GPT, GPTConfig, generate_stream
 
 
 V = 64
-
-
-def random_model(config: GPTConfig, seed: int = 0, std: float = 0.15) -> GPT:
-    """A model with every weight random, so zero-initialised projections and heads cannot hide bugs."""
-    torch.manual_seed(seed)
-    model = GPT(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0.0, std)
-            if p.dim() == 1 and ("ln_" in name or "norm" in name):
-                p.add_(1.0)
-    return model
 
 
 def tiny(preset: str, block_size: int = 32, **kw) -> GPT:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import random_model
 from model import GPT, GPTConfig
 
 
@@ -16,18 +17,6 @@ PRESETS = {
     "modern": lambda **kw: GPTConfig.modern(**{**TINY, **kw}),
     "modern-gqa": lambda **kw: GPTConfig.modern(**{**TINY, "n_kv_head": 2, **kw}),
 }
-
-
-def random_model(config: GPTConfig, seed: int = 0, std: float = 0.15) -> GPT:
-    """A model with every weight random, so zero-initialised projections and heads cannot hide bugs."""
-    torch.manual_seed(seed)
-    model = GPT(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0.0, std)
-            if p.dim() == 1 and ("ln_" in name or "norm" in name):
-                p.add_(1.0)  # norm gains around 1
-    return model
 
 
 # ---------------------------------------------------------------------------- config
