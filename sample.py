@@ -400,22 +400,6 @@ class Printer:
 # ---------------------------------------------------------------------------- model
 
 
-def pick_device(name: str) -> "torch.device":
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device=cuda but CUDA is not available here; use --device=cpu (or auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise UsageError("--device=mps but MPS is not available here; use --device=cpu (or auto)")
-    return torch.device(name)
-
-
 def pick_dtype(name: str, device: "torch.device") -> "torch.dtype":
     import torch
 
@@ -557,7 +541,9 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     """Load the model onto the device and generate (the part that needs torch)."""
     import torch
 
-    device = pick_device(o.device)
+    from devices import resolve_device
+
+    device = torch.device(resolve_device(o.device))
     dtype = pick_dtype(o.dtype, device)
     model = load_model(source)
     if tok.vocab_size > model.config.vocab_size:

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from devices import resolve_device
 from options import UsageError, opt, parse, run_main
 
 OPTIMIZERS = ("adamw", "muon")
@@ -155,21 +156,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------- device and precision
-
-
-def resolve_device(name: str, local_rank: int = 0) -> str:
-    """auto -> cuda (this process's GPU under torchrun), else mps, else cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return f"cuda:{local_rank}"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device={name}, but this torch build sees no CUDA GPU; use --device=cpu")
-    if name == "cuda":
-        return f"cuda:{local_rank}"
-    return name
 
 
 def resolve_dtype(name: str, device_type: str) -> torch.dtype:
