@@ -75,11 +75,12 @@ class SampleOptions:
     device: str = opt("auto", "where to run: auto = cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = opt("auto", "compute precision: auto = bfloat16 on a GPU that has it, else float32",
                      choices=("auto", "float32", "bfloat16", "float16"))
-    threads: int = opt(0, "CPU threads for torch; 0 = auto: 1 for models under 20M parameters (tiny matmuls "
-                          "only lose to thread hand-offs, badly so on a busy machine), else torch's default "
-                          "or $OMP_NUM_THREADS")
-    compile: bool = opt(False, "torch.compile the model; experimental: the growing KV cache makes it recompile, "
-                               "so it only may pay off on a GPU for long generations (on CPU it is far slower)")
+    threads: int = opt(0, "CPU threads for torch; 0 = auto: 1 for models under 20M parameters without --compile "
+                          "(tiny eager matmuls only lose to thread hand-offs, badly so on a busy machine), else "
+                          "torch's default or $OMP_NUM_THREADS")
+    compile: bool = opt(False, "torch.compile the decode step (fixed shapes, one graph per batch size): about 10 s "
+                               "once per process, then about 3x the tokens/s at batch 1 on CPU; pays off for long "
+                               "generations")
 
 
 DESCRIPTION = __doc__.split("\n\n")[0] + """
@@ -428,13 +429,16 @@ def load_model(source: Source) -> "torch.nn.Module":
 SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread generates at least as fast as several
 
 
-def set_threads(requested: int, n_params: int) -> None:
-    """--threads: an explicit count, or auto (1 thread for a small model unless $OMP_NUM_THREADS says otherwise)."""
+def set_threads(requested: int, n_params: int, compiled: bool) -> None:
+    """--threads: an explicit count, or auto (1 thread for a small eager model unless $OMP_NUM_THREADS says otherwise).
+
+    A compiled decode step keeps torch's default: its fused loops do use every core.
+    """
     import torch
 
     if requested > 0:
         torch.set_num_threads(requested)
-    elif n_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ:
+    elif n_params < SMALL_MODEL and not compiled and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
 
 
@@ -481,7 +485,7 @@ def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: 
     stream = generate_stream(model, idx, o.max_new_tokens, temperature=o.temperature, top_k=o.top_k or None,
                              top_p=o.top_p, min_p=o.min_p or None,
                              repetition_penalty=None if o.repetition_penalty == 1.0 else o.repetition_penalty,
-                             generator=generator)
+                             generator=generator, compile=o.compile)
     steps = 0
     t0 = time.perf_counter()
     t_first = None
@@ -551,10 +555,8 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
                          f"{model.config.vocab_size}: the run folder mixes files from different runs")
     model.eval().to(device)
     if device.type == "cpu":
-        set_threads(o.threads, model.num_params())
+        set_threads(o.threads, model.num_params(), o.compile)
     mask_padded_vocab(model, tok.vocab_size)
-    if o.compile:
-        model = torch.compile(model, dynamic=True)
     log(f"checkpoint {source.label}: {model.num_params() / 1e6:.2f}M parameters, context {model.config.block_size}, "
         f"{tok.kind} tokenizer ({tok.vocab_size} tokens)")
     n_threads = torch.get_num_threads()

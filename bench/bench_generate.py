@@ -6,11 +6,19 @@ Shape: 6 layers, 6 heads, 384 wide, block 256, vocab 65 (10.7M parameters), fp32
 classic preset, random weights, a 1-token prompt continued by ``new_tokens`` tokens. Every
 contender decodes greedily (ours: temperature=0; transformers: do_sample=False with
 min_new_tokens=max_new_tokens so it cannot stop early; nanoGPT: top_k=1, the same argmax
-up to ties), so all do the same work per token. Each timing is the median of ``runs``
-after one warm-up, all in this one process, so ratios are measured side by side.
+up to ties), so all do the same work per token. After one warm-up call each, every run
+times all contenders in turn (interleaved, so drifting machine load hits them alike); each
+figure is the median of ``runs``, all in this one process, so ratios are side by side.
 
 On a box shared with other jobs, pass ``--threads=1``: spinning OpenMP workers that compete
 for the same cores slow every contender down several-fold and make the numbers noise.
+
+Compiled contenders (ours with ``compile=True``; transformers with a static cache and
+``torch.compile``, given the same inductor options as ours) are timed after a first call that
+compiles; that first call's time is printed as the compile cost, and is not in the medians
+(inductor keeps compiled kernels on disk, so a second process compiles faster).
+transformers only auto-compiles on accelerators, so it is forced on CPU through its
+``CompileConfig._compile_all_devices`` flag.
 
 nanoGPT is timed only when ``NANOGPT_DIR`` points at a checkout holding its ``model.py``.
 The FLOP/s line counts 2 * params FLOPs per generated token (the matmul work of a forward
@@ -19,9 +27,11 @@ pass, attention ignored) against the median of a 2048 x 2048 fp32 matmul.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -32,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anyw
 
 from model import GPT, GPTConfig  # noqa: E402
 from options import opt, parse, run_main  # noqa: E402
-from timing import matmul_peak, median_seconds  # noqa: E402
+from timing import interleaved_medians, matmul_peak  # noqa: E402
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
 
@@ -45,6 +55,7 @@ class BenchOptions:
     threads: int = opt(0, "torch intra-op threads; 0 = leave torch's default")
     transformers: bool = opt(True, "also time transformers' GPT2LMHeadModel.generate")
     uncached: bool = opt(True, "also time our use_cache=False path (full forward per token)")
+    compiled: bool = opt(True, "also time our compile=True path and transformers' compiled static-cache generate")
 
 
 def load_nanogpt(directory: str) -> type | None:
@@ -69,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     contenders: dict[str, Callable[[torch.Tensor], object]] = {
         "ours (cache)": lambda idx: ours.generate(idx, o.new_tokens, temperature=0.0),
     }
+    if o.compiled:
+        contenders["ours (compiled)"] = lambda idx: ours.generate(idx, o.new_tokens, temperature=0.0, compile=True)
     if o.uncached:
         contenders["ours (no cache)"] = lambda idx: ours.generate(idx, o.new_tokens, temperature=0.0, use_cache=False)
     if o.transformers:
@@ -83,6 +96,21 @@ def main(argv: list[str] | None = None) -> None:
                                    max_new_tokens=o.new_tokens, min_new_tokens=o.new_tokens, pad_token_id=0)
 
         contenders["transformers"] = hf_generate
+        if o.compiled:
+            from transformers import CompileConfig
+
+            from model.generate import INDUCTOR_OPTIONS
+
+            compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=None, options=INDUCTOR_OPTIONS)
+            compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
+
+            def hf_compiled(idx: torch.Tensor) -> object:
+                with torch.inference_mode():
+                    return hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False,
+                                       max_new_tokens=o.new_tokens, min_new_tokens=o.new_tokens, pad_token_id=0,
+                                       cache_implementation="static", compile_config=compile_config)
+
+            contenders["transformers (compiled)"] = hf_compiled
     if os.environ.get("NANOGPT_DIR"):
         nano = load_nanogpt(os.environ["NANOGPT_DIR"])
         if nano is not None:
@@ -99,34 +127,37 @@ def main(argv: list[str] | None = None) -> None:
     rates: dict[tuple[str, int], float] = {}
     for batch in o.batches:
         idx = torch.zeros(batch, 1, dtype=torch.long)
-        for name, fn in contenders.items():
-            seconds = median_seconds(lambda: fn(idx), o.runs)
+        calls = {name: functools.partial(fn, idx) for name, fn in contenders.items()}
+        for name, call in calls.items():  # warm-up; for compiled contenders this is the compile
+            t0 = time.perf_counter()
+            call()
+            print(f"  b{batch} {name}: first call {time.perf_counter() - t0:.1f} s", flush=True)
+        for name, seconds in interleaved_medians(calls, o.runs, warmup=False).items():
             rates[name, batch] = batch * o.new_tokens / seconds
             print(f"  b{batch} {name}: {rates[name, batch]:.1f} tok/s", flush=True)
 
     peak = matmul_peak()
-    header = f"{'contender':<18}" + "".join(f"{'b' + str(b) + ' tok/s':>14}" for b in o.batches)
+    header = f"{'contender':<25}" + "".join(f"{'b' + str(b) + ' tok/s':>14}" for b in o.batches)
     print(header)
     print("-" * len(header))
     for name in contenders:
-        print(f"{name:<18}" + "".join(f"{rates[name, b]:>14.1f}" for b in o.batches))
-    if "transformers" in contenders:
-        for b in o.batches:
-            print(f"ratio ours (cache) / transformers at b{b}: {rates['ours (cache)', b] / rates['transformers', b]:.2f}x")
-    if "nanoGPT" in contenders:
-        for b in o.batches:
-            print(f"ratio ours (cache) / nanoGPT at b{b}: {rates['ours (cache)', b] / rates['nanoGPT', b]:.2f}x")
+        print(f"{name:<25}" + "".join(f"{rates[name, b]:>14.1f}" for b in o.batches))
+    pairs = [("ours (cache)", "transformers"), ("ours (compiled)", "transformers"),
+             ("ours (compiled)", "transformers (compiled)"), ("ours (cache)", "nanoGPT"), ("ours (compiled)", "nanoGPT")]
+    for a, b_name in pairs:
+        if a in contenders and b_name in contenders:
+            print(f"ratio {a} / {b_name}: " + ", ".join(f"b{b} {rates[a, b] / rates[b_name, b]:.2f}x"
+                                                      for b in o.batches))
     print(f"matmul peak (2048^2 fp32): {peak / 1e9:.1f} GFLOP/s")
-    for b in o.batches:
-        achieved = 2 * n_params * rates["ours (cache)", b]
-        print(f"ours (cache) at b{b}: {achieved / 1e9:.2f} GFLOP/s = {100 * achieved / peak:.1f}% of matmul peak")
     # Each decode step streams every weight once for the whole batch: at batch 1 that memory
     # traffic, not arithmetic, bounds the speed (these weights outgrow a 32 MB L3 cache).
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
-    for b in o.batches:
-        steps_per_s = rates["ours (cache)", b] / b
-        print(f"ours (cache) at b{b}: weights read at {weight_bytes * steps_per_s / 1e9:.1f} GB/s "
-              f"({weight_bytes / 1e6:.0f} MB per step)")
+    for name in ("ours (cache)", "ours (compiled)"):
+        for b in o.batches if name in contenders else ():
+            achieved = 2 * n_params * rates[name, b]
+            print(f"{name} at b{b}: {achieved / 1e9:.2f} GFLOP/s = {100 * achieved / peak:.1f}% of matmul peak; "
+                  f"weights read at {weight_bytes * rates[name, b] / b / 1e9:.1f} GB/s ({weight_bytes / 1e6:.0f} MB "
+                  f"per step)")
 
 
 if __name__ == "__main__":

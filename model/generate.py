@@ -17,14 +17,26 @@ forward per token past the window). Between slides each step feeds only the toke
 the step before, so a decode step is one (B, 1) forward with no slicing or copying of the
 context. The uncached path (``use_cache=False``) applies the same
 policy with a full forward per token, so both paths produce the same tokens.
+
+Compiled decoding (``compile=True``)
+------------------------------------
+A small model's decode step is a chain of tiny kernels, so per-op overhead and (at batch 1)
+matrix-vector products dominate. ``compile=True`` runs each decode step through
+``torch.compile`` in fixed shapes, the recipe of PyTorch's gpt-fast: the token's position is a
+tensor, the cache is written at that slot and attention covers every slot under a mask
+(``GPT.forward``'s ``input_pos``), so one graph is traced per batch size and reused at every
+position and window. Prefills stay eager. Compiling costs seconds once per process, so it
+pays off for long generations, not for a few tokens.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator
 
 import torch
 
+from .kv_cache import KVCache
 from .sampling import apply_repetition_penalty, check_sampling_args, sample_next
 
 
@@ -37,12 +49,33 @@ def _make_generator(device: torch.device, seed: int | None,
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def _decode_step(model: torch.nn.Module, token: torch.Tensor, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
+    return model(token, kv_cache=cache, last_only=True, input_pos=pos)[0]
+
+
+# On CPU a batch-1 step is matrix-vector products, which MKL's gemv streams at about a third
+# of the memory bandwidth here (compare the GB/s lines of bench/bench_generate.py). Inductor's
+# decompose_mm_pass turns one-row matmuls into multiply-reduce loops, which it fuses and
+# spreads over all cores. On CUDA the pass leaves these shapes alone.
+INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
+
+
+@functools.cache
+def compiled_decode_step() -> Callable:
+    """``_decode_step`` under torch.compile, built once per process (graphs are cached per shape).
+
+    Not mode="reduce-overhead": CUDA graphs would want the cache as static module buffers,
+    and this path is only exercised on CPU here.
+    """
+    return torch.compile(_decode_step, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+
+
 @torch.inference_mode()
 def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                     repetition_penalty: float | None = None, stop_ids: list[int] | None = None,
                     seed: int | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
-                    window_keep: int | None = None) -> Iterator[torch.Tensor]:
+                    window_keep: int | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield each step's sampled tokens, (B,) int64, for up to ``max_new_tokens`` steps.
 
     A row that samples one of ``stop_ids`` is finished: it keeps repeating that token, and
@@ -53,6 +86,8 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     if max_new_tokens is None or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
+    if compile and not use_cache:
+        raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
     cfg = model.config
     block = cfg.block_size
     keep = block // 2 if window_keep is None else window_keep
@@ -67,6 +102,8 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     n = T0  # tokens so far
     start = max(0, n - block)  # the window is tokens[start:n]
     cache = model.new_kv_cache(B) if use_cache else None
+    step = compiled_decode_step() if compile and use_cache else None
+    pos = torch.zeros(1, dtype=torch.long, device=device)  # the decoded token's slot, for the compiled step
     cache_start = start  # the cache holds tokens[cache_start : cache_start + cache.pos]
     seen = None
     if repetition_penalty is not None and repetition_penalty != 1.0:
@@ -84,8 +121,11 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
             cache.reset()
             cache_start = start
             logits, _ = model(tokens[:, start:n], kv_cache=cache, last_only=True)
-        else:  # decode: only the token sampled last step is new (cache_start + cache.pos == n - 1)
+        elif step is None:  # decode: only the token sampled last step is new (cache_start + cache.pos == n - 1)
             logits, _ = model(nxt.view(B, 1), kv_cache=cache, last_only=True)
+        else:  # the same decode step, compiled
+            logits = step(model, nxt.view(B, 1), cache, pos.fill_(cache.pos))
+            cache.advance(1)
         logits = logits.view(B, -1)  # (B, V)
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
@@ -109,7 +149,7 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
     ``callback`` (if given) receives each step's (B,) tokens as they are sampled. ``new`` is
     ``max_new_tokens`` unless every row hit a stop id first. Keyword arguments are those of
     ``generate_stream``: temperature, top_k, top_p, min_p, repetition_penalty, stop_ids, seed,
-    generator, use_cache, window_keep.
+    generator, use_cache, window_keep, compile.
     """
     steps = []
     for nxt in generate_stream(model, idx, max_new_tokens, **kwargs):

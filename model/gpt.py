@@ -62,8 +62,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+                kv_cache: KVCache | None, layer: int, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.size()
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         # one view + one transpose for all heads, then split: 3 ops instead of 7 on the decode path
@@ -76,16 +76,10 @@ class CausalSelfAttention(nn.Module):
             q = apply_rotary(q, *rope)
             k = apply_rotary(k, *rope)
         if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)  # (B, nkv, S, hs)
-        S = k.size(2)
-        # SDPA's is_causal aligns the mask top-left, which is only right when T == S. A one-token
-        # decode attends to everything cached (no mask); a chunk after a cache needs the
-        # bottom-right-aligned mask spelled out: query i sits at absolute position S - T + i.
-        mask = None
-        if T != S and T > 1:
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)  # (T, S)
+            k, v = kv_cache.update(layer, k, v, input_pos)  # (B, nkv, S, hs)
+        # no mask means plain causal attention (or one new token, which may see everything)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=(T == S and T > 1),
+            q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
             dropout_p=self.dropout if self.training else 0.0, enable_gqa=(nkv != nh),
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble all head outputs side by side (no copy if T == 1)
@@ -121,9 +115,9 @@ class Block(nn.Module):
         self.ln_2 = Norm(config.n_embd, config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
-                kv_cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope, kv_cache, layer)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+                kv_cache: KVCache | None, layer: int, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, mask, kv_cache, layer, input_pos)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -179,28 +173,46 @@ class GPT(nn.Module):
             self.transformer.wte.weight = self.lm_head.weight
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
-                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                last_only: bool = False, input_pos: torch.Tensor | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) (or (B, 1, V) with ``last_only``) and, given targets, the mean cross-entropy.
 
         With a ``kv_cache``, ``idx`` holds only the new tokens; their positions continue from
-        ``kv_cache.pos``. Targets equal to -1 are ignored.
+        ``kv_cache.pos``, which the pass then advances. Targets equal to -1 are ignored.
+
+        ``input_pos`` (T,) instead gives those positions as a tensor, for a compiled decode
+        step: the pass writes the cache at those slots and attends over every slot under a
+        mask, so its shapes never change and one compiled graph serves every position. The
+        caller then advances ``kv_cache.pos`` itself.
         """
         B, T = idx.size()
-        start = kv_cache.pos if kv_cache is not None else 0
+        static = input_pos is not None
+        if static and kv_cache is None:
+            raise ValueError("input_pos needs a kv_cache to write into")
+        start = kv_cache.pos if kv_cache is not None and not static else 0
         if start + T > self.config.block_size:
             raise ValueError(f"cannot attend over {start + T} tokens: block_size is {self.config.block_size}")
+        positions = input_pos if static else self.pos_ids.narrow(0, start, T)  # (T,)
         x = self.transformer.wte(idx)  # (B, T, C)
         if self.config.pos_emb == "learned":
-            x = x + self.transformer.wpe(self.pos_ids.narrow(0, start, T))  # (T, C) broadcast over B
+            x = x + self.transformer.wpe(positions)  # (T, C) broadcast over B
         rope = None
         if self.config.pos_emb == "rope":
-            rope = (self.rope_cos.narrow(0, start, T), self.rope_sin.narrow(0, start, T))  # (T, hs/2) each
+            rope = (self.rope_cos[positions], self.rope_sin[positions])  # (T, hs/2) each
+        # SDPA's is_causal aligns its mask top-left, which is only right when queries and keys
+        # start together; otherwise spell the mask out (None = plain causal, or one token
+        # attending to everything before it).
+        mask = None
+        if static:  # slot j is visible to the token at position p iff j <= p
+            mask = torch.arange(kv_cache.max_len, device=idx.device) <= input_pos.view(T, 1)  # (T, max_len)
+        elif start > 0 and T > 1:  # a chunk after a cache: query i sits at absolute position start + i
+            mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)  # (T, S)
         if self.config.dropout > 0:
             x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, rope, kv_cache, layer)
+            x = block(x, rope, mask, kv_cache, layer, input_pos)
         x = self.transformer.ln_f(x)
-        if kv_cache is not None:
+        if kv_cache is not None and not static:
             kv_cache.advance(T)
         if targets is None and last_only:
             x = x.narrow(1, T - 1, 1)  # (B, 1, C): generation only needs the next token's logits

@@ -27,15 +27,25 @@ class KVCache:
         # views made once, not per step (select, not unbind: unbind's views refuse in-place writes under autograd)
         self.layers = [(self.k[i], self.v[i]) for i in range(self.shape[0])]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's (B, nkv, T, hs) keys/values for ``layer``; return all keys/values so far."""
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               input_pos: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's (B, nkv, T, hs) keys/values for ``layer``; return all keys/values so far.
+
+        With ``input_pos`` (T,) the keys/values go to those slots and the whole buffer comes
+        back, filled or not: fixed shapes for a compiled step, whose attention mask hides
+        the slots past each position.
+        """
         if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device:
             self._allocate(k)
+        k_all, v_all = self.layers[layer]
+        if input_pos is not None:
+            k_all.index_copy_(2, input_pos, k)
+            v_all.index_copy_(2, input_pos, v)
+            return k_all, v_all  # (B, nkv, max_len, hs)
         T = k.size(2)
         end = self.pos + T
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > max_len {self.max_len}")
-        k_all, v_all = self.layers[layer]
         # narrow + copy_ are two plain calls; tensor[..., a:b] = x parses an index tuple every step
         k_all.narrow(2, self.pos, T).copy_(k)
         v_all.narrow(2, self.pos, T).copy_(v)

@@ -68,6 +68,23 @@ def test_greedy_with_and_without_cache_agree_across_the_window(preset: str) -> N
 
 
 @pytest.mark.parametrize("preset", ["classic", "modern"])
+def test_compiled_decoding_matches_reference_loop(preset: str) -> None:
+    """torch.compile'd fixed-shape decode steps give the full-recompute tokens across window slides,
+    compiling once per batch size (a recompile per position would make it useless)."""
+    import torch._dynamo
+
+    model = tiny(preset)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        idx = prompt(2, 5, seed=4)
+        out = model.generate(idx, 70, temperature=0.0, compile=True)
+        assert torch.equal(out, reference_greedy(model, idx, 70, keep=16))
+        again = prompt(2, 9, seed=5)  # a new cache and prompt reuse the same graph
+        assert torch.equal(model.generate(again, 40, temperature=0.0, compile=True),
+                           reference_greedy(model, again, 40, keep=16))
+
+
+@pytest.mark.parametrize("preset", ["classic", "modern"])
 @pytest.mark.parametrize("keep", [None, 20, 1])
 def test_window_policy_matches_reference_loop(preset: str, keep: int | None) -> None:
     model = tiny(preset)
@@ -234,6 +251,7 @@ def test_generate_leaves_training_mode_and_grad_alone() -> None:
     (dict(repetition_penalty=0.0), r"> 0"),
     (dict(window_keep=0), r"\[1, block_size"),
     (dict(window_keep=33), r"\[1, block_size"),
+    (dict(compile=True, use_cache=False), r"needs use_cache=True"),
 ])
 def test_invalid_arguments_raise_with_the_range(kwargs: dict, match: str) -> None:
     model = tiny("classic")

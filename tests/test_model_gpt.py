@@ -207,6 +207,27 @@ def test_kv_cache_matches_full_recompute(preset: str) -> None:
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_fixed_shape_decode_matches_full_recompute(preset: str) -> None:
+    """The input_pos path (what compiled decoding runs) equals one full forward, after a
+    prefill and after a reset that leaves stale keys in the slots it must not see."""
+    model = random_model(PRESETS[preset]())
+    idx = torch.randint(0, 64, (3, 32), generator=torch.Generator().manual_seed(3))
+    full, _ = model(idx)
+    cache = model.new_kv_cache(3)
+    model(torch.randint(0, 64, (3, 32), generator=torch.Generator().manual_seed(4)), kv_cache=cache)  # stale slots
+    cache.reset()
+    pieces = [model(idx[:, :7], kv_cache=cache)[0]]  # eager prefill
+    for t in range(7, 32):
+        pos = torch.tensor([t])
+        logits, _ = model(idx[:, t:t + 1], kv_cache=cache, input_pos=pos)
+        assert cache.pos == 7  # the caller advances the cache on this path
+        pieces.append(logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="input_pos needs a kv_cache"):
+        model(idx[:, :1], input_pos=torch.tensor([0]))
+
+
 def test_kv_cache_is_preallocated_and_reused() -> None:
     model = random_model(PRESETS["modern-gqa"]())
     cache = model.new_kv_cache(2)

@@ -213,9 +213,10 @@ def test_seed_reproduces_every_sample_and_stdout_holds_only_text(ckpt):
     assert re.search(r"[\d.]+ tokens/s", err(a))
 
 
-def test_temperature_zero_is_the_argmax_chain(ckpt):
+@pytest.mark.parametrize("extra", [(), ("--compile",)], ids=["eager", "compiled"])
+def test_temperature_zero_is_the_argmax_chain(ckpt, extra):
     proc = ok(sample("--out_dir", str(ckpt["char"]), "--prompt", "whether", "--temperature", "0",
-                     "--max_new_tokens", "24"))
+                     "--max_new_tokens", "24", *extra))
     assert text(proc) == "whether" + greedy_reference(ckpt["char"] / "best", "whether", 24) + "\n"
 
 
