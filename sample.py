@@ -78,8 +78,8 @@ class SampleOptions:
     threads: int = opt(0, "CPU threads for torch; 0 = auto: 1 for models under 20M parameters without --compile "
                           "(tiny eager matmuls only lose to thread hand-offs, badly so on a busy machine), else "
                           "torch's default or $OMP_NUM_THREADS")
-    compile: bool = opt(False, "torch.compile the decode step (fixed shapes, one graph per batch size): about 10 s "
-                               "once per process, then about 3x the tokens/s at batch 1 on CPU; pays off for long "
+    compile: bool = opt(False, "torch.compile the decode step (fixed shapes, one graph per batch size): 3-10 s "
+                               "once per process, then 2-3x the tokens/s at batch 1 on CPU; pays off for long "
                                "generations")
 
 
@@ -488,13 +488,13 @@ def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: 
                              generator=generator, compile=o.compile)
     steps = 0
     t0 = time.perf_counter()
-    t_first = None
+    marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
     try:
         with autocast:
             for nxt in stream:
                 steps += 1
-                if t_first is None:
-                    t_first = time.perf_counter()
+                if len(marks) < 2:
+                    marks.append(time.perf_counter())
                 for r, token in enumerate(nxt.tolist()):
                     if rows[r].finished:
                         continue
@@ -519,11 +519,13 @@ def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: 
         else:
             printer.emit(r, render_row(tok, history[r], stops, stop_id))
         printer.finish(r)
-    elapsed = time.perf_counter() - t0
-    first = (t_first or t0) - t0
-    rate = (steps - 1) * B / (elapsed - first) if steps > 1 and elapsed > first else float("nan")
-    log(f"{steps} steps x {B} sample(s) = {steps * B} tokens in {elapsed:.2f} s; first token after {first:.3f} s, "
-        f"then {rate:.1f} tokens/s")
+    end = time.perf_counter()
+    warm = min(len(marks), 2 if o.compile else 1)  # steps before the steady rate starts
+    first = (marks[0] if marks else end) - t0
+    compiling = f", compiling the decode step took {marks[1] - marks[0]:.2f} s" if warm == 2 else ""
+    rate = (steps - warm) * B / (end - marks[warm - 1]) if steps > warm else float("nan")
+    log(f"{steps} steps x {B} sample(s) = {steps * B} tokens in {end - t0:.2f} s; first token after {first:.3f} s"
+        f"{compiling}, then {rate:.1f} tokens/s")
     return 0
 
 

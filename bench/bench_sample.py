@@ -9,7 +9,9 @@ Each figure comes from a real ``python sample.py ...`` subprocess:
   sample.py writes together with the first generated token; includes Python start-up, importing
   torch, loading the checkpoint and the prompt's prefill;
 - steady tokens/s: the decode rate sample.py reports on stderr (tokens after the first, divided
-  by the time after the first), at batch 1 and at ``--num_samples 8`` (counting every row).
+  by the time after the first), at batch 1 and at ``--num_samples 8`` (counting every row);
+  with ``--compile`` it starts after the second token, whose step compiles, and the compile
+  time is its own column.
 
 Figures are medians over ``--runs`` processes. Without a run folder at --out_dir, a checkpoint
 with train.py's default architecture and random weights is built in a temporary folder (said so
@@ -40,6 +42,7 @@ class BenchOptions:
     runs: int = opt(3, "processes per figure; the median is reported (>= 1)")
     max_new_tokens: int = opt(500, "tokens per sample in each run")
     threads: int | None = opt(None, "OMP_NUM_THREADS for sample.py; none = torch's default")
+    compile: bool = opt(True, "also time sample.py --compile (its first token includes compiling the decode step)")
 
 
 def default_checkpoint(folder: Path) -> str:
@@ -70,8 +73,9 @@ def default_checkpoint(folder: Path) -> str:
             f"{arch['n_embd']} wide, context {arch['block_size']}, char vocab {tok.vocab_size})")
 
 
-def run_once(args: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(seconds from process start to the first stdout byte, decode tokens/s reported on stderr)."""
+def run_once(args: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """(seconds from process start to the first stdout byte, decode tokens/s reported on stderr,
+    seconds the --compile step took to compile, or nan)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "sample.py", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -81,7 +85,8 @@ def run_once(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     if proc.returncode != 0 or not first:
         raise SystemExit(f"sample.py failed ({proc.returncode}):\n{stderr.decode(errors='replace')}")
     m = re.search(r"then ([\d.]+) tokens/s", stderr.decode())
-    return ttft, float(m.group(1)) if m else float("nan")
+    c = re.search(r"compiling the decode step took ([\d.]+) s", stderr.decode())
+    return ttft, float(m.group(1)) if m else float("nan"), float(c.group(1)) if c else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,15 +104,18 @@ def main(argv: list[str] | None = None) -> int:
         base = ["--out_dir", str(out), "--max_new_tokens", str(o.max_new_tokens), "--seed", "1",
                 "--stop_at_eot=false"]
         rows = []
-        for label, extra in (("batch 1", []), ("batch 8", ["--num_samples", "8"])):
+        cases = [("batch 1", []), ("batch 8", ["--num_samples", "8"])]
+        if o.compile:
+            cases += [("batch 1, --compile", ["--compile"]), ("batch 8, --compile", ["--num_samples", "8", "--compile"])]
+        for label, extra in cases:
             runs = [run_once(base + extra, env) for _ in range(max(1, o.runs))]
-            rows.append((label, statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)))
+            rows.append((label, *(statistics.median(r[i] for r in runs) for i in range(3))))
     print(f"checkpoint: {what}")
     print(f"command:    OMP_NUM_THREADS={env.get('OMP_NUM_THREADS', '(unset)')} python sample.py {' '.join(base)} "
-          f"[--num_samples 8]   (median of {o.runs} runs, {os.cpu_count()} CPUs)")
-    print(f"{'':10} {'first token (s)':>16} {'steady tokens/s':>16}")
-    for label, ttft, rate in rows:
-        print(f"{label:10} {ttft:16.2f} {rate:16.1f}")
+          f"[--num_samples 8] [--compile]   (median of {o.runs} runs, {os.cpu_count()} CPUs)")
+    print(f"{'':20} {'first token (s)':>16} {'steady tokens/s':>16} {'compiling (s)':>14}")
+    for label, ttft, rate, compiling in rows:
+        print(f"{label:20} {ttft:16.2f} {rate:16.1f} {'' if compiling != compiling else f'{compiling:.2f}':>14}")
     return 0
 
 

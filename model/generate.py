@@ -102,7 +102,6 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     n = T0  # tokens so far
     start = max(0, n - block)  # the window is tokens[start:n]
     cache = model.new_kv_cache(B) if use_cache else None
-    step = compiled_decode_step() if compile and use_cache else None
     pos = torch.zeros(1, dtype=torch.long, device=device)  # the decoded token's slot, for the compiled step
     cache_start = start  # the cache holds tokens[cache_start : cache_start + cache.pos]
     seen = None
@@ -121,10 +120,10 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
             cache.reset()
             cache_start = start
             logits, _ = model(tokens[:, start:n], kv_cache=cache, last_only=True)
-        elif step is None:  # decode: only the token sampled last step is new (cache_start + cache.pos == n - 1)
+        elif not compile:  # decode: only the token sampled last step is new (cache_start + cache.pos == n - 1)
             logits, _ = model(nxt.view(B, 1), kv_cache=cache, last_only=True)
-        else:  # the same decode step, compiled
-            logits = step(model, nxt.view(B, 1), cache, pos.fill_(cache.pos))
+        else:  # the same decode step, compiled (on first use: the prefill's token shows up first)
+            logits = compiled_decode_step()(model, nxt.view(B, 1), cache, pos.fill_(cache.pos))
             cache.advance(1)
         logits = logits.view(B, -1)  # (B, V)
         if seen is not None:
