@@ -550,6 +550,12 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     from devices import resolve_device
 
     device = torch.device(resolve_device(o.device))
+    if o.compile and device.type == "cpu":
+        from model.generate import cpu_compiler
+
+        if cpu_compiler() is None:
+            raise UsageError("--compile on CPU needs a C++ compiler for torch.compile: install g++ (or set $CXX), "
+                             "or drop --compile")
     dtype = pick_dtype(o.dtype, device)
     model = load_model(source)
     if tok.vocab_size > model.config.vocab_size:

@@ -32,6 +32,8 @@ pays off for long generations, not for a few tokens.
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 from typing import Callable, Iterator
 
 import torch
@@ -58,6 +60,14 @@ def _decode_step(model: torch.nn.Module, token: torch.Tensor, cache: KVCache, po
 # decompose_mm_pass turns one-row matmuls into multiply-reduce loops, which it fuses and
 # spreads over all cores. On CUDA the pass leaves these shapes alone.
 INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
+
+
+def cpu_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU backend can use ($CXX, g++ or clang++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
 
 
 @functools.cache
@@ -88,6 +98,8 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
     if compile and not use_cache:
         raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
+    if compile and idx.device.type == "cpu" and cpu_compiler() is None:
+        raise RuntimeError("compile=True on CPU needs a C++ compiler for torch.compile: install g++ (or set $CXX)")
     cfg = model.config
     block = cfg.block_size
     keep = block // 2 if window_keep is None else window_keep

@@ -64,3 +64,11 @@ def random_model(config, seed: int = 0, std: float = 0.15):
             if p.dim() == 1 and ("ln_" in name or "norm" in name):
                 p.add_(1.0)  # norm gains around 1
     return model
+
+
+def needs_cpu_compiler() -> None:
+    """Skip a torch.compile test, saying why, on a machine without a C++ compiler."""
+    from model.generate import cpu_compiler
+
+    if cpu_compiler() is None:
+        pytest.skip("no C++ compiler (g++, clang++ or $CXX): torch.compile cannot build CPU kernels")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import random_model
+from conftest import needs_cpu_compiler, random_model
 from model import GPT, GPTConfig, generate_stream
 
 
@@ -73,6 +73,7 @@ def test_compiled_decoding_matches_reference_loop(preset: str) -> None:
     compiling once per batch size (a recompile per position would make it useless)."""
     import torch._dynamo
 
+    needs_cpu_compiler()
     model = tiny(preset)
     torch._dynamo.reset()
     with torch._dynamo.config.patch(error_on_recompile=True):

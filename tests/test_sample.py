@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_cpu_compiler
+
 REPO = Path(__file__).resolve().parents[1]
 GPT2_RANKS = Path("/work/shared/data/gpt2.tiktoken")
 SEPARATOR = "\n---------------\n"
@@ -215,6 +217,8 @@ def test_seed_reproduces_every_sample_and_stdout_holds_only_text(ckpt):
 
 @pytest.mark.parametrize("extra", [(), ("--compile",)], ids=["eager", "compiled"])
 def test_temperature_zero_is_the_argmax_chain(ckpt, extra):
+    if extra:
+        needs_cpu_compiler()
     proc = ok(sample("--out_dir", str(ckpt["char"]), "--prompt", "whether", "--temperature", "0",
                      "--max_new_tokens", "24", *extra))
     assert text(proc) == "whether" + greedy_reference(ckpt["char"] / "best", "whether", 24) + "\n"
@@ -359,3 +363,13 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, case):
     assert "Traceback" not in err(proc) and proc.stdout == b""
     lines = err(proc).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_compile_without_a_cpp_compiler_is_one_line_and_exit_2(ckpt, tmp_path):
+    env = {**ENV, "PATH": str(tmp_path)}  # an empty PATH: no g++ or clang++ to find
+    env.pop("CXX", None)
+    proc = subprocess.run([sys.executable, "sample.py", f"--out_dir={ckpt['char']}", "--compile"], cwd=REPO,
+                          env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 2, err(proc)
+    lines = err(proc).strip().splitlines()
+    assert len(lines) == 1 and "needs a C++ compiler" in lines[0] and "Traceback" not in err(proc), lines
