@@ -550,12 +550,13 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     from devices import resolve_device
 
     device = torch.device(resolve_device(o.device))
-    if o.compile and device.type == "cpu":
-        from model.generate import cpu_compiler
+    if o.compile:  # fail before loading anything, as a usage error
+        from model.generate import check_can_compile
 
-        if cpu_compiler() is None:
-            raise UsageError("--compile on CPU needs a C++ compiler for torch.compile: install g++ (or set $CXX), "
-                             "or drop --compile")
+        try:
+            check_can_compile(device)
+        except RuntimeError as e:
+            raise UsageError(f"--compile: {e}, or drop --compile") from None
     dtype = pick_dtype(o.dtype, device)
     model = load_model(source)
     if tok.vocab_size > model.config.vocab_size:

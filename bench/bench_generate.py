@@ -90,10 +90,10 @@ def main(argv: list[str] | None = None) -> None:
         hf = GPT2LMHeadModel(GPT2Config(n_layer=6, n_head=6, n_embd=384, n_positions=256, vocab_size=65,
                                            bos_token_id=None, eos_token_id=None)).eval()
 
-        def hf_generate(idx: torch.Tensor) -> object:
+        def hf_generate(idx: torch.Tensor, **extra: object) -> object:
             with torch.inference_mode():
                 return hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False,
-                                   max_new_tokens=o.new_tokens, min_new_tokens=o.new_tokens, pad_token_id=0)
+                                   max_new_tokens=o.new_tokens, min_new_tokens=o.new_tokens, pad_token_id=0, **extra)
 
         contenders["transformers"] = hf_generate
         if o.compiled:
@@ -103,14 +103,8 @@ def main(argv: list[str] | None = None) -> None:
 
             compile_config = CompileConfig(fullgraph=True, dynamic=False, mode=None, options=INDUCTOR_OPTIONS)
             compile_config._compile_all_devices = True  # transformers compiles only on accelerators unless told
-
-            def hf_compiled(idx: torch.Tensor) -> object:
-                with torch.inference_mode():
-                    return hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False,
-                                       max_new_tokens=o.new_tokens, min_new_tokens=o.new_tokens, pad_token_id=0,
-                                       cache_implementation="static", compile_config=compile_config)
-
-            contenders["transformers (compiled)"] = hf_compiled
+            contenders["transformers (compiled)"] = functools.partial(
+                hf_generate, cache_implementation="static", compile_config=compile_config)
     if os.environ.get("NANOGPT_DIR"):
         nano = load_nanogpt(os.environ["NANOGPT_DIR"])
         if nano is not None:

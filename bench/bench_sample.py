@@ -20,6 +20,7 @@ in the output): the speed is the same, the text is noise.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import statistics
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
           f"[--num_samples 8] [--compile]   (median of {o.runs} runs, {os.cpu_count()} CPUs)")
     print(f"{'':20} {'first token (s)':>16} {'steady tokens/s':>16} {'compiling (s)':>14}")
     for label, ttft, rate, compiling in rows:
-        print(f"{label:20} {ttft:16.2f} {rate:16.1f} {'' if compiling != compiling else f'{compiling:.2f}':>14}")
+        print(f"{label:20} {ttft:16.2f} {rate:16.1f} {'' if math.isnan(compiling) else f'{compiling:.2f}':>14}")
     return 0
 
 

@@ -70,6 +70,12 @@ def cpu_compiler() -> str | None:
     return None
 
 
+def check_can_compile(device: torch.device) -> None:
+    """Raise RuntimeError, saying what to install, if compile=True cannot work on ``device``."""
+    if device.type == "cpu" and cpu_compiler() is None:
+        raise RuntimeError("torch.compile on CPU needs a C++ compiler: install g++ (or set $CXX)")
+
+
 @functools.cache
 def compiled_decode_step() -> Callable:
     """``_decode_step`` under torch.compile, built once per process (graphs are cached per shape).
@@ -98,8 +104,8 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
     if compile and not use_cache:
         raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
-    if compile and idx.device.type == "cpu" and cpu_compiler() is None:
-        raise RuntimeError("compile=True on CPU needs a C++ compiler for torch.compile: install g++ (or set $CXX)")
+    if compile:
+        check_can_compile(idx.device)
     cfg = model.config
     block = cfg.block_size
     keep = block // 2 if window_keep is None else window_keep
@@ -114,7 +120,7 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     n = T0  # tokens so far
     start = max(0, n - block)  # the window is tokens[start:n]
     cache = model.new_kv_cache(B) if use_cache else None
-    pos = torch.zeros(1, dtype=torch.long, device=device)  # the decoded token's slot, for the compiled step
+    pos = torch.zeros(1, dtype=torch.long, device=device) if compile else None  # the compiled step's token slot
     cache_start = start  # the cache holds tokens[cache_start : cache_start + cache.pos]
     seen = None
     if repetition_penalty is not None and repetition_penalty != 1.0:
