@@ -18,14 +18,12 @@ tokens is printed once, whole.
 Ctrl-C stops generation, keeps what was printed, ends the line and exits with code 130
 (128 + SIGINT, so a script can tell the text was cut short).
 
-torch is imported only after the options, checkpoint folder, tokenizer and prompt have been
-checked, so ``--help`` and most mistakes answer at once.
+torch is imported only after the options are parsed, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import codecs
-import json
 import os
 import secrets
 import sys
@@ -34,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
 
-from options import UsageError, opt, parse, run_main
+from runtime.device import DTYPES
+from runtime.errors import DataError, UsageError
+from runtime.options import opt, parse, run_main
 
 if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
     import torch
@@ -42,8 +42,6 @@ if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
     from data.tokenizer import Tokenizer
 
 SEPARATOR = "---------------\n"
-CONFIG_FILE = "config.json"  # model.weights.CONFIG_FILE; duplicated so this module loads without torch
-WEIGHTS_FILE = "model.safetensors"  # model.weights.WEIGHTS_FILE
 
 
 @dataclass
@@ -73,8 +71,8 @@ class SampleOptions:
                                   "it and carries on, as nanoGPT does")
     stream: bool = opt(True, "print text as it is generated; --no-stream prints each sample when all are done")
     device: str = opt("auto", "where to run: auto = cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = opt("auto", "compute precision: auto = bfloat16 on a GPU that has it, else float32",
-                     choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = opt("auto", "compute precision: auto = bfloat16 on a GPU that has it natively, float16 on "
+                             "older GPUs, float32 on CPU and MPS", choices=DTYPES)
     threads: int = opt(0, "CPU threads for torch; 0 = auto: 1 for models under 20M parameters without --compile "
                           "(tiny eager matmuls only lose to thread hand-offs, badly so on a busy machine), else "
                           "torch's default or $OMP_NUM_THREADS")
@@ -99,25 +97,19 @@ def log(msg: str) -> None:
 
 
 def check_options(o: SampleOptions) -> None:
-    """Reject out-of-range values before anything slow happens (UsageError naming the fix)."""
+    """Reject out-of-range values before anything slow happens; the sampling controls are checked
+    by model.sampling.check_sampling_args, their one rule."""
+    from model.sampling import check_sampling_args
+
     if o.max_new_tokens < 1:
         raise UsageError(f"--max_new_tokens must be >= 1, got {o.max_new_tokens}")
     if o.num_samples < 1:
         raise UsageError(f"--num_samples must be >= 1, got {o.num_samples}")
-    if not o.temperature >= 0:  # also catches nan
-        raise UsageError(f"--temperature must be >= 0 (0 = greedy), got {o.temperature}")
-    if o.top_k < 0:
-        raise UsageError(f"--top_k must be >= 0 (0 = off), got {o.top_k}")
-    if not 0.0 < o.top_p <= 1.0:
-        raise UsageError(f"--top_p must be in (0, 1] (1 = off), got {o.top_p}")
-    if not 0.0 <= o.min_p <= 1.0:
-        raise UsageError(f"--min_p must be in [0, 1] (0 = off), got {o.min_p}")
     if o.threads < 0:
         raise UsageError(f"--threads must be >= 0 (0 = auto), got {o.threads}")
-    if not o.repetition_penalty > 0:
-        raise UsageError(f"--repetition_penalty must be > 0 (1 = off), got {o.repetition_penalty}")
     if any(s == "" for s in o.stop):
         raise UsageError("--stop needs a non-empty string")
+    check_sampling_args(o.temperature, o.top_k, o.top_p, o.min_p, o.repetition_penalty)
 
 
 def unescape(s: str) -> str:
@@ -138,7 +130,7 @@ def unescape(s: str) -> str:
 
 @dataclass
 class Source:
-    """Where the model comes from: a quillgpt run folder, or anything GPT.from_pretrained takes."""
+    """Where the model comes from: a quillgpt run folder, or anything from_pretrained takes."""
 
     folder: Path | None  # a quillgpt checkpoint folder (config.json + model.safetensors)
     pretrained: str | None  # otherwise: a local Hugging Face GPT-2 folder or a hub name
@@ -146,50 +138,25 @@ class Source:
     label: str
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path`` (UsageError naming the file if missing or corrupt)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise UsageError(f"no {path.name} in {path.parent}: is it a run folder written by train.py?") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"{path} is unreadable or corrupt ({e}); restore it or retrain") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a JSON object; restore it or retrain")
-    return data
-
-
 def resolve_source(o: SampleOptions) -> Source:
-    """Pick the checkpoint folder from --init_from / --out_dir / --checkpoint, checking files exist."""
+    """Pick the checkpoint from --init_from / --out_dir / --checkpoint (model.checkpoint owns the rules)."""
+    from model import checkpoint
+
     if o.init_from:
         path = Path(o.init_from)
         if path.is_dir():
-            meta = read_json(path / CONFIG_FILE)
+            meta = checkpoint.read_config(path)
             if "model" in meta:  # our own run folder
                 return Source(path, None, meta, str(path))
             return Source(None, o.init_from, {}, f"{path} (Hugging Face GPT-2 folder)")
-        if o.init_from.startswith((".", "/", "~")) or path.exists():
+        if checkpoint.looks_local(o.init_from):
             raise UsageError(f"--init_from: no such folder: {o.init_from} (give a run folder, a Hugging Face "
                              "GPT-2 folder or a hub name such as gpt2)")
         return Source(None, o.init_from, {}, f"{o.init_from} (GPT-2 from the Hugging Face hub)")
-
-    out = Path(o.out_dir)
-    if not out.is_dir():
-        raise UsageError(f"run folder not found: {out} (train one with `python train.py --out_dir={out}`, "
-                         "or pass --out_dir / --init_from)")
-    best, latest = out / "best", out
-    if o.checkpoint == "best" or (o.checkpoint == "auto" and (best / WEIGHTS_FILE).is_file()):
-        folder, which = best, "best"
-    else:
-        folder, which = latest, "latest"
-    if not (folder / WEIGHTS_FILE).is_file():
-        hint = ("use --checkpoint=latest" if which == "best" and (latest / WEIGHTS_FILE).is_file()
-                else "train first, or point --out_dir at a run folder")
-        raise UsageError(f"no {which} checkpoint: {folder / WEIGHTS_FILE} is missing ({hint})")
-    meta = read_json(folder / CONFIG_FILE)
+    folder, which = checkpoint.checkpoint_folder(o.out_dir, o.checkpoint)
+    meta = checkpoint.read_config(folder)
     if "model" not in meta:
-        raise UsageError(f"{folder / CONFIG_FILE} has no 'model' section: not a quillgpt checkpoint")
+        raise UsageError(f"{folder / checkpoint.CONFIG_FILE} has no 'model' section: not a quillgpt checkpoint")
     facts = [which]
     if isinstance(meta.get("iter"), int):
         facts.append(f"iter {meta['iter']}")
@@ -200,23 +167,13 @@ def resolve_source(o: SampleOptions) -> Source:
 
 def load_tokenizer_for(source: Source, gpt2_ranks: str | None = None) -> "Tokenizer":
     """The run's own tokenizer (spec in config.json), or GPT-2's for GPT-2 weights."""
-    from functools import partial
-
     from data.tokenizer import load_tokenizer
+    from model.checkpoint import tokenizer_home
 
-    load_tokenizer = partial(load_tokenizer, gpt2_ranks=gpt2_ranks)
     if source.folder is None:
-        return load_tokenizer({"kind": "gpt2"}, ".")
-    spec = source.meta.get("tokenizer")
-    if not isinstance(spec, dict):
-        raise UsageError(f"{source.folder / CONFIG_FILE} has no 'tokenizer' spec; re-save the run with train.py")
-    try:
-        return load_tokenizer(spec, source.folder)
-    except UsageError:
-        # the tokenizer file may live only in the run folder above best/
-        if source.folder.name == "best" and spec.get("file") and (source.folder.parent / spec["file"]).is_file():
-            return load_tokenizer(spec, source.folder.parent)
-        raise
+        return load_tokenizer({"kind": "gpt2"}, ".", gpt2_ranks=gpt2_ranks)
+    spec, home = tokenizer_home(source.folder, source.meta)
+    return load_tokenizer(spec, home, gpt2_ranks=gpt2_ranks)
 
 
 # ---------------------------------------------------------------------------- prompt
@@ -255,7 +212,7 @@ def encode_prompt(tok: "Tokenizer", text: str) -> tuple[list[int], str]:
         raise UsageError("this tokenizer has no <|endoftext|> token; give a --prompt")
     try:
         ids = tok.encode(text)
-    except UsageError as e:
+    except DataError as e:
         raise UsageError(f"--prompt: {e}") from None
     if not ids:  # cannot happen for non-empty text with these tokenizers; kept as a guard
         raise UsageError("--prompt encodes to no tokens; give some text")
@@ -401,29 +358,13 @@ class Printer:
 # ---------------------------------------------------------------------------- model
 
 
-def pick_dtype(name: str, device: "torch.device") -> "torch.dtype":
-    import torch
+def load_source_model(source: Source) -> "torch.nn.Module":
+    """The GPT in float32 on the CPU, from a run folder or from_pretrained."""
+    from model.checkpoint import from_pretrained, load_model
 
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, name)
-
-
-def load_model(source: Source) -> "torch.nn.Module":
-    """The GPT in float32 on the CPU; checkpoint problems become one-line UsageErrors."""
-    from model import GPT, CheckpointError
-    from model.weights import load_model as load_run
-
-    try:
-        if source.folder is not None:
-            model, _ = load_run(source.folder)
-        else:
-            model = GPT.from_pretrained(source.pretrained)
-    except CheckpointError as e:
-        raise UsageError(str(e)) from None
-    return model
+    if source.folder is not None:
+        return load_model(source.folder)[0]
+    return from_pretrained(source.pretrained)
 
 
 SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread generates at least as fast as several
@@ -458,14 +399,13 @@ def mask_padded_vocab(model: "torch.nn.Module", vocab_size: int) -> None:
 # ---------------------------------------------------------------------------- main
 
 
-def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], prompt_text: str,
-             device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO) -> int:
+def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], prompt_text: str,
+                  device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO) -> int:
     """Run the batch, print the samples, report speed on stderr; returns the exit code."""
-    import contextlib
-
     import torch
 
     from model.generate import generate_stream
+    from runtime.device import autocast
 
     block = model.config.block_size
     if len(ids) > block:
@@ -479,8 +419,6 @@ def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: 
     rows = [RowDecoder(tok, stops, stop_id) for _ in range(B)]
     history: list[list[int]] = [[] for _ in range(B)]  # for --no-stream
     printer = Printer(out, B, prompt_text)
-    autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32
-                else contextlib.nullcontext())
     generator = torch.Generator(device=device).manual_seed(seed)
     stream = generate_stream(model, idx, o.max_new_tokens, temperature=o.temperature, top_k=o.top_k or None,
                              top_p=o.top_p, min_p=o.min_p or None,
@@ -490,7 +428,7 @@ def generate(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: 
     t0 = time.perf_counter()
     marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
     try:
-        with autocast:
+        with autocast(device, dtype):
             for nxt in stream:
                 steps += 1
                 if len(marks) < 2:
@@ -547,18 +485,15 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     """Load the model onto the device and generate (the part that needs torch)."""
     import torch
 
-    from devices import resolve_device
+    from runtime.device import resolve_device, resolve_dtype
 
     device = torch.device(resolve_device(o.device))
     if o.compile:  # fail before loading anything, as a usage error
         from model.generate import check_can_compile
 
-        try:
-            check_can_compile(device)
-        except RuntimeError as e:
-            raise UsageError(f"--compile: {e}, or drop --compile") from None
-    dtype = pick_dtype(o.dtype, device)
-    model = load_model(source)
+        check_can_compile(device)
+    dtype = resolve_dtype(o.dtype, device)
+    model = load_source_model(source)
     if tok.vocab_size > model.config.vocab_size:
         raise UsageError(f"the checkpoint's tokenizer has {tok.vocab_size} tokens but its model only "
                          f"{model.config.vocab_size}: the run folder mixes files from different runs")
@@ -573,7 +508,7 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     log(f"device {device.type}{threads}, {str(dtype).removeprefix('torch.')}, seed {seed}"
         + ("" if o.seed is not None else f" (pass --seed={seed} to repeat)"))
     try:
-        return generate(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer)
+        return write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer)
     except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

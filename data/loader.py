@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from options import UsageError
+from runtime.errors import DataError
 
 MODES = ("random", "sequential")
 
@@ -35,7 +35,7 @@ def file_dtype(path: str | Path) -> np.dtype:
     """The token dtype recorded in meta.json beside a token file."""
     meta = Path(path).parent / "meta.json"
     if not meta.is_file():
-        raise UsageError(f"no meta.json beside {path}; run data/prepare.py or pass dtype= explicitly")
+        raise DataError(f"no meta.json beside {path}; run data/prepare.py or pass dtype= explicitly")
     with open(meta, encoding="utf-8") as f:
         return np.dtype(json.load(f)["dtype"])
 
@@ -54,20 +54,20 @@ class BatchLoader:
                  dtype: Any = None):
         self.path = Path(path)
         if not self.path.is_file():
-            raise UsageError(f"token file not found: {self.path}; run data/prepare.py first")
+            raise DataError(f"token file not found: {self.path}; run data/prepare.py first")
         if mode not in MODES:
-            raise UsageError(f"unknown loader mode {mode!r}; known: {', '.join(MODES)}")
+            raise DataError(f"unknown loader mode {mode!r}; known: {', '.join(MODES)}")
         if not 0 <= rank < world_size:
-            raise UsageError(f"rank {rank} is outside world size {world_size}")
+            raise DataError(f"rank {rank} is outside world size {world_size}")
         if block_size < 1 or batch_size < 1:
-            raise UsageError(f"block_size and batch_size must be >= 1 (got {block_size}, {batch_size})")
+            raise DataError(f"block_size and batch_size must be >= 1 (got {block_size}, {batch_size})")
         self.dtype = np.dtype(dtype) if dtype is not None else file_dtype(self.path)
         self.block_size, self.batch_size = block_size, batch_size
         self.mode, self.seed, self.rank, self.world_size = mode, seed, rank, world_size
         self.device = torch.device(device)
         self.n_tokens = self.path.stat().st_size // self.dtype.itemsize
         if self.n_tokens < block_size + 1:
-            raise UsageError(f"{self.path} has {self.n_tokens:,} tokens, too few for one window of block_size+1="
+            raise DataError(f"{self.path} has {self.n_tokens:,} tokens, too few for one window of block_size+1="
                              f"{block_size + 1}; use a smaller --block_size or more text")
         # random: window starts 0..n-T-1; sequential: windows [i*T, i*T+T] that fit in the file
         self.n_starts = self.n_tokens - block_size
@@ -123,7 +123,7 @@ class BatchLoader:
         mine = self.state_dict()
         changed = [k for k in ("mode", "seed", "global_batch", "block_size") if k in d and d[k] != mine[k]]
         if changed:
-            raise UsageError(f"cannot resume the {self.path.name} loader: {', '.join(changed)} changed "
+            raise DataError(f"cannot resume the {self.path.name} loader: {', '.join(changed)} changed "
                              f"(saved {[d[k] for k in changed]}, now {[mine[k] for k in changed]}); "
                              "keep them as in the saved run or start fresh")
         self.step = int(d["step"])

@@ -23,14 +23,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as `python data/prepare.py`: import from the repo root, not data/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
-
-from atomicio import atomic_dir, atomic_write_json
+from runtime.atomic import atomic_dir, atomic_write_json
 from data.sources import Corpus, check_val_fraction, open_corpus
 from data.tokenfile import capped, token_dtype, with_separator, write_splits
 from data.tokenizer import KINDS, CharTokenizer, TiktokenTokenizer, Tokenizer, get_gpt2_encoding, train_bpe
-from options import UsageError, opt, parse, run_main
+from runtime.errors import DataError, UsageError
+from runtime.options import opt, parse, run_main
 
 META = "meta.json"
 CACHE_ENV = "QUILLGPT_CACHE"
@@ -78,7 +76,7 @@ def load_meta(folder: str | Path) -> dict:
     """The meta.json of a prepared folder."""
     path = Path(folder) / META
     if not path.is_file():
-        raise UsageError(f"{folder} is not a prepared data folder (no {META}); run data/prepare.py first")
+        raise DataError(f"{folder} is not a prepared data folder (no {META}); run data/prepare.py first")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -113,7 +111,7 @@ def build_tokenizer(opts: PrepareOptions, corpus: Corpus) -> Tokenizer:
         for _, text in tqdm(stream, desc="char vocabulary", unit="doc", disable=None):
             chars.update(text)
         if not chars:
-            raise UsageError(f"{corpus.source}: the corpus is empty; give an --input with some text")
+            raise DataError(f"{corpus.source}: the corpus is empty; give an --input with some text")
         return CharTokenizer(chars)
     print(f"training a {opts.vocab_size}-token BPE on the train split", file=sys.stderr)
     return train_bpe((text for split, text in corpus.pieces() if split == "train"), opts.vocab_size,
@@ -127,9 +125,9 @@ def _build(opts: PrepareOptions, corpus: Corpus, folder: Path) -> None:
     stats = write_splits(tokenizer, corpus.pieces(), corpus.documents, folder,
                          _split_caps(opts.max_tokens, opts.val_fraction), num_proc)
     if stats["train"]["tokens"] == 0:
-        raise UsageError(f"{corpus.source}: the corpus is empty; give an --input with some text")
+        raise DataError(f"{corpus.source}: the corpus is empty; give an --input with some text")
     if stats["val"]["tokens"] == 0:
-        raise UsageError(f"{corpus.source}: the val split is empty ({corpus.split_rule}); "
+        raise DataError(f"{corpus.source}: the val split is empty ({corpus.split_rule}); "
                          "give more text or documents, or a larger --val_fraction")
     meta = {
         "dataset": corpus.name,
@@ -162,7 +160,7 @@ def _reusable(opts: PrepareOptions, folder: Path) -> bool:
     differ = {k: v for k, v in _recipe(opts).items() if v != defaults[k] and v != recorded.get(k)}
     if differ:
         shown = ", ".join(f"--{k}={recorded.get(k)} there, {v} now" for k, v in differ.items())
-        raise UsageError(f"{folder} was prepared with different options ({shown}); "
+        raise DataError(f"{folder} was prepared with different options ({shown}); "
                          "pass --force to rebuild it or choose another --data_dir")
     return True
 

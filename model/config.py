@@ -17,6 +17,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from runtime.errors import ConfigError
+
 POS_EMB = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
@@ -47,24 +49,24 @@ class GPTConfig:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if not isinstance(self.n_kv_head, int) or self.n_kv_head <= 0:
-            raise ValueError(f"GPTConfig.n_kv_head must be a positive integer, got {self.n_kv_head!r}")
+            raise ConfigError(f"n_kv_head must be a positive integer, got {self.n_kv_head!r}")
         if self.n_embd % self.n_head != 0:
-            raise ValueError(f"GPTConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head != 0:
-            raise ValueError(f"GPTConfig.n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+            raise ConfigError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if self.pos_emb == "rope" and self.head_dim % 2 != 0:
-            raise ValueError(f"GPTConfig.pos_emb='rope' needs an even head size, got n_embd/n_head = {self.head_dim}")
+            raise ConfigError(f"pos_emb='rope' needs an even head size, got n_embd/n_head = {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in (("pos_emb", POS_EMB), ("norm", NORMS), ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"GPTConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.logit_softcap is not None and self.logit_softcap <= 0:
-            raise ValueError(f"GPTConfig.logit_softcap must be positive or None, got {self.logit_softcap}")
+            raise ConfigError(f"logit_softcap must be positive or None, got {self.logit_softcap}")
 
     @property
     def head_dim(self) -> int:
@@ -86,7 +88,7 @@ class GPTConfig:
     def preset(cls, name: str, **overrides: Any) -> "GPTConfig":
         """``GPTConfig.preset("classic" | "modern", **overrides)``."""
         if name not in PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+            raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
         return getattr(cls, name)(**overrides)
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,7 +99,7 @@ class GPTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown GPTConfig fields {unknown}; the checkpoint was written by a newer quillgpt?")
+            raise ConfigError(f"unknown GPTConfig fields {unknown}; the checkpoint was written by a newer quillgpt?")
         return cls(**d)
 
 

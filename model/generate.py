@@ -38,6 +38,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from runtime.errors import DeviceError
+
 from .kv_cache import KVCache
 from .sampling import apply_repetition_penalty, check_sampling_args, sample_next
 
@@ -71,9 +73,10 @@ def cpu_compiler() -> str | None:
 
 
 def check_can_compile(device: torch.device) -> None:
-    """Raise RuntimeError, saying what to install, if compile=True cannot work on ``device``."""
+    """Raise DeviceError, saying what to install, if compile=True cannot work on ``device``."""
     if device.type == "cpu" and cpu_compiler() is None:
-        raise RuntimeError("torch.compile on CPU needs a C++ compiler: install g++ (or set $CXX)")
+        raise DeviceError("--compile: torch.compile on CPU needs a C++ compiler: install g++ (or set $CXX), "
+                          "or drop --compile")
 
 
 @functools.cache
@@ -138,8 +141,10 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
             cache.reset()
             cache_start = start
             logits, _ = model(tokens[:, start:n], kv_cache=cache, last_only=True)
+            cache.advance(n - start)
         elif not compile:  # decode: only the token sampled last step is new (cache_start + cache.pos == n - 1)
             logits, _ = model(nxt.view(B, 1), kv_cache=cache, last_only=True)
+            cache.advance(1)
         else:  # the same decode step, compiled (on first use: the prefill's token shows up first)
             logits = compiled_decode_step()(model, nxt.view(B, 1), cache, pos.fill_(cache.pos))
             cache.advance(1)

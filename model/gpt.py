@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import GPTConfig
+from .generate import generate, generate_stream
 from .kv_cache import KVCache
 
 
@@ -177,13 +178,11 @@ class GPT(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, V) (or (B, 1, V) with ``last_only``) and, given targets, the mean cross-entropy.
 
-        With a ``kv_cache``, ``idx`` holds only the new tokens; their positions continue from
-        ``kv_cache.pos``, which the pass then advances. Targets equal to -1 are ignored.
-
-        ``input_pos`` (T,) instead gives those positions as a tensor, for a compiled decode
-        step: the pass writes the cache at those slots and attends over every slot under a
-        mask, so its shapes never change and one compiled graph serves every position. The
-        caller then advances ``kv_cache.pos`` itself.
+        With a ``kv_cache``, ``idx`` holds only the new tokens and one rule places them: they
+        sit at ``kv_cache.pos`` onwards, or at ``input_pos`` (T,) when that is given (the fixed-
+        shape path of a compiled decode step: every slot is attended under a mask, so one graph
+        serves every position). The forward writes their keys and values there and never moves
+        the cache: the caller calls ``kv_cache.advance(T)`` afterwards. Targets of -1 are ignored.
         """
         B, T = idx.size()
         static = input_pos is not None
@@ -212,8 +211,6 @@ class GPT(nn.Module):
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, mask, kv_cache, layer, input_pos)
         x = self.transformer.ln_f(x)
-        if kv_cache is not None and not static:
-            kv_cache.advance(T)
         if targets is None and last_only:
             x = x.narrow(1, T - 1, 1)  # (B, 1, C): generation only needs the next token's logits
         logits = self.lm_head(x).float()  # (B, T, V); fp32 for a stable softmax/loss under autocast
@@ -249,24 +246,13 @@ class GPT(nn.Module):
         cfg = self.config
         return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim)
 
-    # ------------------------------------------------------------------ generation and loading
+    # ------------------------------------------------------------------ generation
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, **kwargs: Any) -> torch.Tensor:
-        """Continue ``idx`` (B, T) by ``max_new_tokens``; returns (B, T + new). See model.generate."""
-        from .generate import generate
-
+        """Continue ``idx`` (B, T) by ``max_new_tokens``; returns (B, T + new). See model/generate.py."""
         return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)
 
     def generate_stream(self, idx: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> Iterator[torch.Tensor]:
-        """Yield each step's new tokens, shape (B,), as they are sampled. See model.generate."""
-        from .generate import generate_stream
-
+        """Yield each step's new tokens, shape (B,), as they are sampled. See model/generate.py."""
         return generate_stream(self, idx, max_new_tokens, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str, **overrides: Any) -> "GPT":
-        """Load a quillgpt run folder, a local Hugging Face GPT-2 folder, or a hub name (gpt2 … gpt2-xl)."""
-        from .pretrained import from_pretrained
-
-        return from_pretrained(name_or_dir, **overrides)

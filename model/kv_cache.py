@@ -3,8 +3,8 @@
 Shape per layer: (B, n_kv_head, max_len, head_dim). The buffers are allocated on the first
 write, with the dtype the attention actually produces (bf16 under autocast, else the
 weights' dtype). ``pos`` counts filled positions: a forward pass with T new tokens writes
-slots [pos, pos + T) in every layer, attends over [0, pos + T), and only then advances
-``pos`` (in ``GPT.forward``, after the last layer).
+slots [pos, pos + T) in every layer and attends over [0, pos + T); its caller then calls
+``advance(T)``. The forward never moves ``pos`` (one rule, as in gpt-fast).
 """
 
 from __future__ import annotations

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import torch
 
+from runtime.errors import ConfigError
+
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None, min_p: float | None,
                         repetition_penalty: float | None) -> None:
-    """Raise ValueError, naming the valid range, for any out-of-range sampling control."""
+    """The one check of the sampling controls: ConfigError (a ValueError) naming the option and its range.
+
+    generate_stream calls it once per generation (never per token); sample.py calls it on its options.
+    """
     if temperature is None or temperature < 0 or temperature != temperature:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
+        raise ConfigError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
     if min_p is not None and not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p must be in [0, 1], got {min_p}")
+        raise ConfigError(f"min_p must be in [0, 1], got {min_p}")
     if repetition_penalty is not None and not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
+        raise ConfigError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -75,20 +80,9 @@ def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, min_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw one token per row from (B, V) logits; returns (B,) int64."""
-    check_sampling_args(temperature, top_k, top_p, min_p, None)
+    """Draw one token per row from (B, V) logits; returns (B,) int64 (arguments checked by check_sampling_args)."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
     # multinomial takes unnormalised weights, so filtered rows need no renormalising pass
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
-
-
-def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                            top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
-    """The exact (B, V) distribution ``sample_next`` draws from (one-hot argmax at temperature 0)."""
-    check_sampling_args(temperature, top_k, top_p, min_p, None)
-    if temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).to(logits.dtype)
-    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
-    return probs / probs.sum(dim=-1, keepdim=True)

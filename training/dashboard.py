@@ -1,4 +1,4 @@
-"""train.py's dashboards: metrics.jsonl, loss.png, console progress, Weights & Biases, MFU.
+"""The training dashboards: metrics.jsonl, loss.png, console progress, Weights & Biases, MFU.
 
 Nothing here needs a service: ``metrics.jsonl`` and ``loss.png`` are always written in the run
 folder; wandb is optional (``--wandb_log``) and never blocks on a login prompt.
@@ -15,10 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from atomicio import atomic_write_bytes
-
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
+from model.checkpoint import METRICS_FILE, PLOT_FILE
+from runtime.atomic import atomic_write_bytes
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s), keyed by a substring of torch.cuda.get_device_name().
 # More specific names come first: "H100 PCIe" must win over "H100".
@@ -169,9 +167,9 @@ class Progress:
 
             self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
 
-    def step(self, it: int, n: int = 1) -> None:
+    def step(self) -> None:
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.update(1)
 
     def log(self, it: int, loss: float, lr: float, tok_s: float, grad_norm: float, ms: float,
             mfu: float | None) -> None:

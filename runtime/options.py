@@ -8,7 +8,7 @@ A program declares its options as a dataclass whose fields carry a help string:
 
 and calls ``parse(SampleOptions, argv)``. Values are resolved as
 defaults < TOML file(s) < command line, and every value is coerced to its field's type.
-Mistakes raise ``UsageError`` with one line saying what was wrong and what to do;
+Mistakes raise ``runtime.errors.UsageError`` with one line saying what was wrong and what to do;
 ``run_main`` turns that into a message on stderr and exit code 2, with no traceback.
 """
 
@@ -24,14 +24,12 @@ from dataclasses import MISSING, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from runtime.errors import QuillError, UsageError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
-
-
-class UsageError(ValueError):
-    """A mistake by the user (bad option, missing file, bad checkpoint): exit code 2."""
 
 
 def opt(default: Any, help: str, *, aliases: Sequence[str] = (), choices: Sequence[Any] | None = None) -> Any:
@@ -273,22 +271,18 @@ def format_help(cls: type, prog: str, description: str = "", config_files: bool 
     return "\n".join(lines)
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A dataclass as a JSON-ready dict."""
-    return dataclasses.asdict(obj)
-
-
 def run_main(fn: Callable[[], Any]) -> None:
-    """Run a program's main(): usage errors print one line to stderr and exit 2, no traceback.
+    """Run a program's main(): the one place where a ``QuillError`` (bad input of any kind)
+    becomes one line on stderr and exit code 2, with no traceback.
 
     Set QUILLGPT_DEBUG=1 to see the full traceback instead.
     """
     try:
         code = fn()
-    except (UsageError, FileNotFoundError) as e:
+    except (QuillError, FileNotFoundError) as e:
         if os.environ.get("QUILLGPT_DEBUG"):
             raise
-        msg = str(e) if isinstance(e, UsageError) else f"file not found: {e.filename or e}"
+        msg = str(e) if isinstance(e, QuillError) else f"file not found: {e.filename or e}"
         print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
     raise SystemExit(code or 0)

@@ -1,0 +1,326 @@
+"""The run folder: the one owner of its format, for train.py, sample.py and ``from_pretrained``.
+
+A run folder (train.py's ``--out_dir``) holds::
+
+    config.json          {"model": GPTConfig fields, "tokenizer": spec, "train": options, ...}
+    model.safetensors    the latest weights (the unwrapped module; a tied head stored once)
+    <tokenizer file>     named by the tokenizer spec, so the folder is self-contained
+    train_state.pt       everything an exact resume needs (weights, optimizers, RNG, data position)
+    best/                config.json + model.safetensors (+ tokenizer) at the best val loss
+    metrics.jsonl        one JSON line per log/eval event; loss.png draws it
+
+A folder is a *run folder* when its ``config.json`` has a ``model`` section. A local Hugging Face
+GPT-2 folder (``save_pretrained``'s ``config.json`` + ``model.safetensors``) and a hub name
+(``gpt2`` ... ``gpt2-xl``) load too, through ``from_pretrained``.
+
+No pickle: weights are safetensors, metadata JSON, and ``train_state.pt`` is read with
+``torch.load(weights_only=True)``, so a tampered file cannot run code. Every file is written
+atomically (temp file, fsync, rename): a crash leaves the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from runtime.atomic import atomic_open, atomic_write_bytes, atomic_write_json
+from runtime.errors import CheckpointError
+
+from .config import GPTConfig
+from .gpt import GPT
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "train_state.pt"
+BEST_DIR = "best"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+STATE_FORMAT = 1
+HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+
+
+# ---------------------------------------------------------------------------- what a folder is
+
+
+def looks_local(name: str) -> bool:
+    """True if ``name`` can only mean a local path (never sent to the hub).
+
+    A hub repo id is ``name`` or ``owner/name``; an absolute path, ``./``, ``~``, two or more
+    slashes, a backslash or anything that exists on disk is local.
+    """
+    path = Path(name)
+    return (path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+            or path.exists())
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """``folder/config.json`` as a dict; CheckpointError naming the file if missing or not a JSON object."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"no {CONFIG_FILE} in {folder}: is it a run folder written by train.py?") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is unreadable or corrupt ({e}); restore it or retrain") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object; restore it or retrain")
+    return data
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """A quillgpt run folder: a ``config.json`` with a ``model`` section (a GPT-2 folder has none)."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file():
+        return False
+    try:
+        return "model" in read_config(folder)
+    except CheckpointError:
+        return False
+
+
+def checkpoint_folder(out_dir: str | Path, which: str = "auto") -> tuple[Path, str]:
+    """The folder of a run's ``best``, ``latest`` or ``auto`` (best if saved, else latest) checkpoint."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise CheckpointError(f"run folder not found: {out} (train one with `python train.py --out_dir={out}`, "
+                              "or pass --out_dir / --init_from)")
+    best = out / BEST_DIR
+    if which == "best" or (which == "auto" and (best / WEIGHTS_FILE).is_file()):
+        folder, which = best, "best"
+    else:
+        folder, which = out, "latest"
+    if not (folder / WEIGHTS_FILE).is_file():
+        hint = ("use --checkpoint=latest" if which == "best" and (out / WEIGHTS_FILE).is_file()
+                else "train first, or point --out_dir at a run folder")
+        raise CheckpointError(f"no {which} checkpoint: {folder / WEIGHTS_FILE} is missing ({hint})")
+    return folder, which
+
+
+def tokenizer_home(folder: str | Path, meta: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """(tokenizer spec, folder holding its file) for a run folder; ``best/`` may rely on its parent's file."""
+    folder = Path(folder)
+    spec = meta.get("tokenizer")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{folder / CONFIG_FILE} has no 'tokenizer' spec; re-save the run with train.py")
+    name = spec.get("file")
+    if folder.name == BEST_DIR and isinstance(name, str) and not (folder / name).is_file() \
+            and (folder.parent / name).is_file():
+        return spec, folder.parent
+    return spec, folder
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def unwrap(model: torch.nn.Module) -> GPT:
+    """The plain GPT inside DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict to save: unwrapped, contiguous, CPU, with a tied head stored once."""
+    gpt = unwrap(model)
+    sd = gpt.state_dict()
+    if gpt.config.tie_embeddings:
+        sd.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def load_tensors(model: GPT, tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load a state dict read from ``path`` after checking every name and shape against ``model``."""
+    expected = model.state_dict()
+    if model.config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise CheckpointError(f"{path}: the weights are not a table of tensors; restore the file or retrain")
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{path} does not match its config: missing {missing[:4]}, unexpected {extra[:4]}")
+    for k, v in tensors.items():
+        if v.shape != expected[k].shape:
+            raise CheckpointError(f"{path} does not match its config: {k} has shape {tuple(v.shape)}, "
+                                  f"config expects {tuple(expected[k].shape)}")
+    model.load_state_dict(tensors, strict=False)  # strict=False: a tied lm_head.weight is not stored
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, on the CPU (CheckpointError if missing or corrupt)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({e}); restore it or retrain") from None
+
+
+def model_config(meta: dict[str, Any], where: str | Path, **overrides: Any) -> GPTConfig:
+    """The GPTConfig of a run folder's ``config.json`` dict, with ``overrides`` (e.g. dropout) applied."""
+    section = meta.get("model")
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{where} has no 'model' section: not a quillgpt checkpoint")
+    try:
+        return GPTConfig.from_dict({**section, **overrides})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: bad model config ({e})") from None
+
+
+def save_model(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write ``model.safetensors`` then ``config.json`` (model config + ``extra``) into ``folder``.
+
+    config.json is written last, so a folder whose config.json names a model always has its weights.
+    """
+    folder = Path(folder)
+    atomic_write_bytes(folder / WEIGHTS_FILE, save(state_tensors(model), metadata={"format": "pt"}))
+    atomic_write_json(folder / CONFIG_FILE, {"model": unwrap(model).config.to_dict(), **(extra or {})})
+
+
+def load_model(folder: str | Path, **overrides: Any) -> tuple[GPT, dict[str, Any]]:
+    """Rebuild the GPT saved in a run folder, config fields in ``overrides`` replaced; returns (model, config.json)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"run folder not found: {folder} (train one with `python train.py --out_dir={folder}`)")
+    meta = read_config(folder)
+    model = GPT(model_config(meta, folder / CONFIG_FILE, **overrides))
+    load_tensors(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
+    return model, meta
+
+
+# ---------------------------------------------------------------------------- train state
+
+
+def save_train_state(folder: str | Path, state: dict[str, Any]) -> None:
+    """Write ``train_state.pt`` atomically, streamed into the temp file (no second copy in memory).
+
+    ``state`` must hold only tensors, numbers, strings, lists and dicts, so that it loads with
+    ``weights_only=True``.
+    """
+    with atomic_open(Path(folder) / STATE_FILE, "wb") as f:
+        torch.save({"format": STATE_FORMAT, **state}, f)
+
+
+def load_train_state(folder: str | Path) -> dict[str, Any]:
+    """Read ``train_state.pt`` with ``weights_only=True`` (memory-mapped); CheckpointError for any problem."""
+    folder = Path(folder)
+    path = folder / STATE_FILE
+    hint = f"train a run there first (python train.py --out_dir={folder}) or pick another --out_dir"
+    if not folder.is_dir():
+        raise CheckpointError(f"cannot resume: run folder {folder} does not exist; {hint}")
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: no {STATE_FILE} in {folder}; {hint}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any pickle that would import or call something: never executed
+        why = next((ln.split("error:", 1)[1].strip() for ln in str(e).splitlines() if "Unpickler error:" in ln),
+                   type(e).__name__)
+        raise CheckpointError(f"refusing {path}: it holds pickled objects or code, not plain tensors ({why[:100]}); "
+                              "it was not written by train.py or has been tampered with, so it was not loaded") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is truncated or corrupt ({type(e).__name__}: {str(e)[:120]}); "
+                              "restore it or start a fresh run") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "model" not in state:
+        raise CheckpointError(f"{path} is not a quillgpt train_state (format {STATE_FORMAT}); start a fresh run")
+    return state
+
+
+# ---------------------------------------------------------------------------- GPT-2 (Hugging Face format)
+
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+_HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                   "gelu": "gelu"}
+
+
+def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
+    """Translate a Hugging Face GPT2Config dict into the classic preset."""
+    act = hf.get("activation_function", "gelu_new")
+    if act not in _HF_ACTIVATIONS:
+        raise CheckpointError(f"unsupported GPT-2 activation_function {act!r}; "
+                              f"supported: {', '.join(_HF_ACTIVATIONS)}")
+    try:
+        n_embd = hf["n_embd"]
+        n_inner = hf.get("n_inner") or 4 * n_embd
+        if n_inner % n_embd:
+            raise CheckpointError(f"n_inner={n_inner} is not a multiple of n_embd={n_embd}")
+        args = dict(block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"],
+                    n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=n_embd, mlp_ratio=n_inner // n_embd,
+                    norm_eps=hf.get("layer_norm_epsilon", 1e-5), activation=_HF_ACTIVATIONS[act], bias=True,
+                    tie_embeddings=hf.get("tie_word_embeddings", True), dropout=0.0)
+        return GPTConfig.classic(**{**args, **overrides})
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"not a usable GPT-2 config.json ({type(e).__name__}: {e})") from None
+
+
+def load_hf_gpt2(folder: str | Path, **overrides: Any) -> GPT:
+    """Build a classic GPT from a Hugging Face GPT-2 folder's ``config.json`` and ``model.safetensors``.
+
+    Hugging Face stores GPT-2's projections as ``Conv1D`` weights, (in, out); ``nn.Linear`` wants
+    (out, in), so those four matrices are transposed on the way in.
+    """
+    weights_path = Path(folder) / WEIGHTS_FILE
+    model = GPT(config_from_hf(read_config(folder), **overrides))
+    theirs = read_safetensors(weights_path)
+    ours = model.state_dict()
+    loaded = set()
+    with torch.no_grad():
+        for key, tensor in theirs.items():
+            if key.endswith((".attn.bias", ".attn.masked_bias")):
+                continue  # old transformers saved the causal mask as a buffer
+            name = key if key.startswith(("transformer.", "lm_head.")) else "transformer." + key
+            if name not in ours:
+                raise CheckpointError(f"{weights_path}: unexpected tensor {key!r}; is this a GPT-2 checkpoint?")
+            if name.endswith(_CONV1D):
+                tensor = tensor.t()
+            if tensor.shape != ours[name].shape:
+                raise CheckpointError(f"{weights_path}: {key} has shape {tuple(tensor.shape)}, "
+                                      f"expected {tuple(ours[name].shape)}")
+            ours[name].copy_(tensor)
+            loaded.add(name)
+    missing = set(ours) - loaded
+    if model.config.tie_embeddings:
+        missing.discard("lm_head.weight")
+    if missing:
+        raise CheckpointError(f"{weights_path} lacks {sorted(missing)[:4]}")
+    return model
+
+
+def from_pretrained(name_or_dir: str, **overrides: Any) -> GPT:
+    """A quillgpt run folder, a local Hugging Face GPT-2 folder, or a hub name (gpt2 ... gpt2-xl).
+
+    ``overrides`` replace config fields (``dropout=0.1``, say) whichever the source.
+    """
+    path = Path(name_or_dir)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{path} has no {CONFIG_FILE}: expected a quillgpt run or a Hugging Face GPT-2 folder")
+        if is_run_folder(path):
+            return load_model(path, **overrides)[0]
+        return load_hf_gpt2(path, **overrides)
+    if looks_local(name_or_dir):
+        raise CheckpointError(f"no such folder: {name_or_dir} (expected a quillgpt run folder or a Hugging Face "
+                              f"GPT-2 folder with {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(repo_id=name_or_dir, filename=WEIGHTS_FILE)
+        snapshot = Path(hf_hub_download(repo_id=name_or_dir, filename=CONFIG_FILE)).parent  # both files land here
+    except Exception as e:  # network errors, unknown repo ids: one message, not a stack of HTTP internals
+        raise CheckpointError(f"could not fetch {name_or_dir!r} from the Hugging Face hub ({type(e).__name__}); "
+                              f"known GPT-2 names: {', '.join(HUB_NAMES)}; offline, pass a local folder") from None
+    return load_hf_gpt2(snapshot, **overrides)

@@ -1,0 +1,84 @@
+"""Where to run and in what precision: one rule each, for train.py and sample.py.
+
+torch is imported inside the functions, so programs that check their options before
+importing torch stay quick to answer ``--help`` and to refuse bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Callable
+
+from runtime.errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_device(name: str, local_rank: int = 0) -> str:
+    """auto -> cuda (this process's GPU under torchrun), else mps, else cpu; refuse an absent device."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{local_rank}"
+        return "mps" if mps else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"--device={name}, but this torch build sees no CUDA GPU; use --device=cpu (or auto)")
+    if name == "mps" and not mps:
+        raise DeviceError("--device=mps, but MPS is not available here; use --device=cpu (or auto)")
+    if name == "cuda":
+        return f"cuda:{local_rank}"
+    return name
+
+
+def cuda_has_native_bf16(device: "torch.device | str") -> bool:
+    """True on GPUs that compute in bf16 (Ampere, compute capability 8.0, and later).
+
+    ``torch.cuda.is_bf16_supported()`` also counts emulation, which makes V100 and T4 run a
+    slow emulated bf16 instead of fp16 with a GradScaler.
+    """
+    import torch
+
+    major, _ = torch.cuda.get_device_capability(torch.device(device))
+    return major >= 8
+
+
+def resolve_dtype(name: str, device: "torch.device | str", cpu_bf16_pays: Callable[[], bool] | None = None,
+                  ) -> "torch.dtype":
+    """The compute dtype: the one rule for training and sampling.
+
+    auto: CUDA -> bfloat16 where the GPU has it natively, else float16 (training adds a
+    GradScaler); MPS -> float32; CPU -> bfloat16 autocast only if ``cpu_bf16_pays()`` measures
+    it faster on this CPU (it is ~100x slower on CPUs without AVX-512 BF16), else float32.
+    """
+    import torch
+
+    device = torch.device(device)
+    if name != "auto":
+        if name not in DTYPES:
+            raise DeviceError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
+    if device.type == "cpu" and cpu_bf16_pays is not None and cpu_bf16_pays():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: "torch.device | str", dtype: "torch.dtype") -> contextlib.AbstractContextManager:
+    """Mixed precision for ``dtype`` (a no-op context for float32): weights stay fp32, matmuls run in dtype."""
+    import torch
+
+    device = torch.device(device)
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def dtype_name(dtype: "torch.dtype") -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``, as options and config files spell it."""
+    return str(dtype).removeprefix("torch.")
