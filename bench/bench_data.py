@@ -1,6 +1,6 @@
 """Data-path speed: tokenizer throughput, BPE training time and batch loading.
 
-    python bench/bench_data.py [--runs=5] [--input=PATH] [--gpt2_ranks=FILE] [--vocab_size=4096]
+    python -m bench.bench_data [--runs=5] [--input=PATH] [--gpt2_ranks=FILE] [--vocab_size=4096]
 
 On tinyshakespeare (1.1 MB) by default, read from ../shared. Each figure is the median of
 ``runs`` timed runs after one warm-up, all in this one process, so the ratios are side by side:
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
-from data.loader import BatchLoader  # noqa: E402
-from data.tokenfile import token_dtype  # noqa: E402
-from data.tokenizer import CharTokenizer, TiktokenTokenizer, get_gpt2_encoding, train_bpe  # noqa: E402
-from options import UsageError, opt, parse, run_main  # noqa: E402
-from timing import median_seconds  # noqa: E402
+from data.loader import BatchLoader
+from data.tokenfile import token_dtype
+from data.tokenizer import CharTokenizer, TiktokenTokenizer, get_gpt2_encoding, train_bpe
+from runtime.errors import UsageError
+from runtime.options import opt, parse, run_main
+from bench.timing import cpu_description, median_seconds
 
 SHARED = Path(os.environ.get("QUILLGPT_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
@@ -38,12 +38,13 @@ class BenchOptions:
 
 
 def main(argv: list[str] | None = None) -> None:
-    o = parse(BenchOptions, argv, prog="bench/bench_data.py", description=__doc__.split("\n\n")[0],
+    o = parse(BenchOptions, argv, prog="python -m bench.bench_data", description=__doc__.split("\n\n")[0],
               config_files=False)
     path = Path(o.input)
     if not path.is_file():
         raise UsageError(f"benchmark text not found: {path}; pass --input=PATH (e.g. ../shared/data/tinyshakespeare.txt)")
     text = path.read_text(encoding="utf-8")
+    print(cpu_description())
     mb = len(text.encode("utf-8")) / 1e6
     train = text[: int(len(text) * 0.9)]
 

@@ -1,6 +1,6 @@
 """Generation speed: quillgpt (cached and uncached) vs transformers (and nanoGPT, if present).
 
-    python bench/bench_generate.py [--runs=3] [--new_tokens=255] [--batches=1 --batches=8]
+    python -m bench.bench_generate [--runs=3] [--new_tokens=255] [--batches=1 --batches=8]
 
 Shape: 6 layers, 6 heads, 384 wide, block 256, vocab 65 (10.7M parameters), fp32 on CPU,
 classic preset, random weights, a 1-token prompt continued by ``new_tokens`` tokens. Every
@@ -38,11 +38,10 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from anywhere without installing
 
-from model import GPT, GPTConfig  # noqa: E402
-from options import opt, parse, run_main  # noqa: E402
-from timing import interleaved_medians, matmul_peak  # noqa: E402
+from model import GPT, GPTConfig
+from runtime.options import opt, parse, run_main
+from bench.timing import cpu_description, interleaved_medians, matmul_peak
 
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65)
 
@@ -70,13 +69,8 @@ def load_nanogpt(directory: str) -> type | None:
     return module
 
 
-def main(argv: list[str] | None = None) -> None:
-    o = parse(BenchOptions, argv, prog="bench_generate.py", description=__doc__.split("\n\n")[0], config_files=False)
-    if o.threads:
-        torch.set_num_threads(o.threads)
-    torch.manual_seed(0)
-    ours = GPT(GPTConfig.classic(**SHAPE)).eval()
-    n_params = ours.num_params()
+def build_contenders(o: BenchOptions, ours: GPT) -> dict[str, Callable[[torch.Tensor], object]]:
+    """Each contender as a function of the prompt ids: ours (cache / compiled / no cache), transformers, nanoGPT."""
     contenders: dict[str, Callable[[torch.Tensor], object]] = {
         "ours (cache)": lambda idx: ours.generate(idx, o.new_tokens, temperature=0.0),
     }
@@ -115,7 +109,19 @@ def main(argv: list[str] | None = None) -> None:
                     return ngpt.generate(idx, o.new_tokens, top_k=1)
 
             contenders["nanoGPT"] = nano_generate
+    return contenders
 
+
+def main(argv: list[str] | None = None) -> None:
+    o = parse(BenchOptions, argv, prog="python -m bench.bench_generate", description=__doc__.split("\n\n")[0],
+              config_files=False)
+    if o.threads:
+        torch.set_num_threads(o.threads)
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig.classic(**SHAPE)).eval()
+    n_params = ours.num_params()
+    contenders = build_contenders(o, ours)
+    print(cpu_description(), flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {n_params / 1e6:.2f}M params, "
           f"{o.new_tokens} new tokens from a 1-token prompt, greedy, median of {o.runs} runs", flush=True)
     rates: dict[tuple[str, int], float] = {}

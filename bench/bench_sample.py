@@ -1,7 +1,7 @@
 """Whole-program speed of sample.py: time to first token and steady tokens/s, as a user sees them.
 
-    python bench/bench_sample.py                        # the default train.py run folder, ./out
-    python bench/bench_sample.py --out_dir=out --runs=5 --threads=1
+    python -m bench.bench_sample                        # the default train.py run folder, ./out
+    python -m bench.bench_sample --out_dir=out --runs=5 --threads=1
 
 Each figure comes from a real ``python sample.py ...`` subprocess:
 
@@ -32,9 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from options import opt, parse, run_main  # noqa: E402
+from runtime.options import opt, parse, run_main
 
 
 @dataclass
@@ -54,13 +53,13 @@ def default_checkpoint(folder: Path) -> str:
     from model import GPT, GPTConfig, save_model
 
     try:  # follow train.py's defaults when it is importable
-        from train import TrainConfig
+        from training.config import TrainConfig
 
         c = TrainConfig()
         arch = dict(preset=c.model, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size)
     except Exception:  # train.py missing or changed: its documented defaults at the time of writing
         arch = dict(preset="modern", n_layer=4, n_head=4, n_embd=128, block_size=64)
-    shakespeare = Path("/work/shared/data/tinyshakespeare.txt")
+    shakespeare = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
     if shakespeare.is_file():
         chars = set(shakespeare.read_text(encoding="utf-8"))
     else:
@@ -91,7 +90,10 @@ def run_once(args: list[str], env: dict[str, str]) -> tuple[float, float, float]
 
 
 def main(argv: list[str] | None = None) -> int:
-    o = parse(BenchOptions, argv, prog="bench/bench_sample.py", description=__doc__, config_files=False)
+    o = parse(BenchOptions, argv, prog="python -m bench.bench_sample", description=__doc__, config_files=False)
+    from bench.timing import cpu_description
+
+    print(cpu_description())
     env = {**os.environ}
     if o.threads is not None:
         env["OMP_NUM_THREADS"] = str(o.threads)

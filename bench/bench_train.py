@@ -1,16 +1,16 @@
 """Training throughput at nanoGPT's README CPU recipe shape, beside the CPU's measured matmul peak.
 
-    python bench/bench_train.py                       # ours only (+ nanoGPT if NANOGPT_DIR is set)
-    NANOGPT_DIR=/path/to/nanoGPT python bench/bench_train.py --steps=50 --repeats=5
+    python -m bench.bench_train                       # ours only (+ nanoGPT if NANOGPT_DIR is set)
+    NANOGPT_DIR=/path/to/nanoGPT python -m bench.bench_train --steps=50 --repeats=5
 
 Shape: classic GPT-2 block, 4 layers / 4 heads / 128 wide, block 64, batch 12, vocab 65, no bias,
 no dropout, fp32, AdamW, grad clip 1.0 (nanoGPT's `config/train_shakespeare_char.py` with the
 README's CPU overrides). Both train steps run in this process on the same random batches,
-interleaved, median of ``repeats`` timings of ``steps`` steps each: ours is train.py's step
-(configure_optimizers, lr schedule, loss/accum, clip_grad_norm_, step, zero_grad); nanoGPT's
-is its train.py loop body with its model.py. Achieved FLOP/s uses the PaLM count (6N + 12LHQT),
+interleaved, median of ``repeats`` timings of ``steps`` steps each: ours is the very
+``training.trainer.Trainer.step()`` that train.py runs (its batch loader included, which nanoGPT's
+contender is spared: it gets prepared batches); nanoGPT's is its train.py loop body with its model.py. Achieved FLOP/s uses the PaLM count (6N + 12LHQT),
 the same for both, against the fp32 peak of a 2048x2048 matmul measured in the same run.
-nanoGPT is never vendored: point NANOGPT_DIR at a checkout (default /work/ext/nanoGPT).
+nanoGPT is never vendored: point NANOGPT_DIR at a checkout (default ../nanoGPT).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import statistics
-import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,10 +27,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from options import opt, parse, run_main  # noqa: E402
-from timing import matmul_peak  # noqa: E402
+from runtime.options import opt, parse, run_main
+from bench.timing import cpu_description, matmul_peak
 
 
 @dataclass
@@ -39,7 +38,7 @@ class BenchOptions:
     repeats: int = opt(5, "timings per contestant (median reported)")
     warmup: int = opt(5, "untimed steps first")
     threads: int = opt(0, "torch threads; 0 = torch's default")
-    nanogpt_dir: str | None = opt(None, "a nanoGPT checkout (default $NANOGPT_DIR, else /work/ext/nanoGPT)")
+    nanogpt_dir: str | None = opt(None, "a nanoGPT checkout (default $NANOGPT_DIR, else ../nanoGPT)")
     full_loop: bool = opt(True, "also time train.train() end to end (loader, logging) on a synthetic corpus")
 
 
@@ -59,32 +58,27 @@ def batches(seed: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return out
 
 
-def ours() -> tuple[str, callable, float]:
-    import train
-    from model import GPT
+def ours(work: Path) -> tuple[str, callable, float]:
+    """The very ``Trainer.step()`` that ``python train.py`` runs (loader, schedule, clip, step, zero_grad)."""
+    from training.config import TrainConfig
+    from training.trainer import Trainer
 
-    cfg = train.TrainConfig(model="classic", bias=False, activation="gelu", dropout=0.0, optimizer="adamw", learning_rate=1e-3,
-                            beta2=0.99, grad_clip=1.0, warmup_iters=100, max_iters=2000, batch_size=BATCH, **{
-                                k: v for k, v in SHAPE.items() if k != "vocab_size"})
-    torch.manual_seed(1337)
-    model = GPT(train.model_config(cfg, SHAPE["vocab_size"]))
-    optimizers = train.configure_optimizers(model, cfg, "cpu")
-    state = {"it": 0}
+    corpus = work / "corpus.txt"  # 65 distinct characters, like tinyshakespeare's vocabulary
+    g = torch.Generator().manual_seed(0)
+    alphabet = [chr(c) for c in range(40, 40 + SHAPE["vocab_size"])]
+    corpus.write_text("".join(alphabet[i] for i in torch.randint(0, len(alphabet), (200_000,), generator=g)),
+                      encoding="utf-8")
+    cfg = TrainConfig(model="classic", bias=False, activation="gelu", dropout=0.0, optimizer="adamw",
+                      learning_rate=1e-3, beta2=0.99, grad_clip=1.0, warmup_iters=100, max_iters=2000,
+                      batch_size=BATCH, dtype="float32", dataset="bench", input=str(corpus),
+                      data_dir=str(work / "data"), out_dir=str(work / "out"), seed=1337,
+                      **{k: v for k, v in SHAPE.items() if k != "vocab_size"})
+    trainer = Trainer(cfg, log_to_console=False)
 
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:  # train.py's loop body, fp32, no accumulation
-        mult = train.lr_multiplier(state["it"], cfg)
-        for o in optimizers:
-            for g in o.param_groups:
-                g["lr"] = g["base_lr"] * mult
-        _, loss = model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for o in optimizers:
-            o.step()
-            o.zero_grad(set_to_none=True)
-        state["it"] += 1
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:  # draws its own batch from its loader, as in training
+        trainer.step()
 
-    return "quillgpt", step, model.flops_per_token(SHAPE["block_size"])
+    return "quillgpt", step, trainer.raw_model.flops_per_token(SHAPE["block_size"])
 
 
 def nanogpt(folder: Path) -> tuple[str, callable, float]:
@@ -141,7 +135,6 @@ def time_steps(step, data, steps: int) -> float:
 def full_loop(steps: int) -> float:
     """tokens/s of train.train() itself (BatchLoader, logging, metrics.jsonl) on a synthetic corpus."""
     import random
-    import tempfile
 
     import train
 
@@ -159,12 +152,13 @@ def full_loop(steps: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    o = parse(BenchOptions, argv, prog="bench/bench_train.py", description=__doc__.split("\n\n")[0],
+    o = parse(BenchOptions, argv, prog="python -m bench.bench_train", description=__doc__.split("\n\n")[0],
               config_files=False)
     if o.threads:
         torch.set_num_threads(o.threads)
-    folder = Path(o.nanogpt_dir or os.environ.get("NANOGPT_DIR") or "/work/ext/nanoGPT")
-    contestants = [ours()]
+    folder = Path(o.nanogpt_dir or os.environ.get("NANOGPT_DIR") or "../nanoGPT")
+    work = Path(tempfile.mkdtemp(prefix="quillgpt-bench-train-"))
+    contestants = [ours(work)]
     if (folder / "model.py").is_file():
         contestants.append(nanogpt(folder))
     else:
@@ -178,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, step, _ in contestants:
             per_step[name].append(time_steps(step, data[o.warmup:], o.steps))
     tokens = BATCH * SHAPE["block_size"]
+    print(cpu_description())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32 matmul peak (2048^2): "
           f"{peak / 1e9:.1f} GFLOP/s")
     print(f"shape: classic 4/4/128, block 64, batch 12, fp32, AdamW; {o.repeats} x {o.steps} steps, median")

@@ -1,8 +1,8 @@
 """CPU speedrun: wall time to tinyshakespeare char val loss <= 1.886, fast preset vs nanoGPT's recipe.
 
-    python bench/speedrun.py                       # classic replica vs configs/speedrun_cpu.toml, 3 seeds
-    NANOGPT_DIR=../nanoGPT python bench/speedrun.py   # also nanoGPT itself, run beside us
-    python bench/speedrun.py --levers               # the lever table: one run per row, 1 seed
+    python -m bench.speedrun                       # classic replica vs configs/speedrun_cpu.toml, 3 seeds
+    NANOGPT_DIR=../nanoGPT python -m bench.speedrun   # also nanoGPT itself, run beside us
+    python -m bench.speedrun --levers               # the lever table: one run per row, 1 seed
 
 Protocol (the same for every contender):
 - data: tinyshakespeare, characters, nanoGPT's split (first 90% train); read from --input.
@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from options import UsageError, opt, parse, run_main  # noqa: E402
-from timing import matmul_peak  # noqa: E402
+from runtime.errors import UsageError
+from runtime.options import opt, parse, run_main
+from bench.timing import cpu_description, matmul_peak
 
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -73,7 +73,7 @@ class SpeedrunOptions:
 def final_val_loss(out_dir: Path, data_dir: Path, batches: int) -> float:
     """Score a run's latest weights on fixed val batches: batch 12, block 64, seed 0."""
     from data.loader import BatchLoader
-    from model.weights import load_model
+    from model.checkpoint import load_model
 
     model, _ = load_model(out_dir)
     model.eval()
@@ -87,7 +87,7 @@ def final_val_loss(out_dir: Path, data_dir: Path, batches: int) -> float:
 
 def time_to_target(out_dir: Path, target: float) -> float | None:
     """Seconds (from the run's start) of the first eval with val loss <= target, from metrics.jsonl."""
-    from train_log import read_metrics
+    from training.dashboard import read_metrics
 
     for rec in read_metrics(out_dir):
         if rec.get("event") == "eval" and rec["val_loss"] <= target:
@@ -98,7 +98,7 @@ def time_to_target(out_dir: Path, target: float) -> float | None:
 def run_ours(preset: str, overrides: dict, seed: int, opts: SpeedrunOptions, work: Path, name: str) -> dict:
     """One in-process training run of ours; returns its timings and scores."""
     import train
-    from train_log import read_metrics
+    from training.dashboard import read_metrics
 
     out_dir = work / f"{name}-{seed}"
     argv = [str(REPO / preset), f"--out_dir={out_dir}", f"--seed={seed}", f"--input={opts.input}",
@@ -118,7 +118,7 @@ def run_ours(preset: str, overrides: dict, seed: int, opts: SpeedrunOptions, wor
 
 
 def _flops_per_token(out_dir: Path) -> float:
-    from model.weights import load_model
+    from model.checkpoint import load_model
 
     model, _ = load_model(out_dir)
     return model.flops_per_token(model.config.block_size)
@@ -158,12 +158,13 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = parse(SpeedrunOptions, argv, prog="bench/speedrun.py", description=__doc__.split("\n")[0])
+    opts = parse(SpeedrunOptions, argv, prog="python -m bench.speedrun", description=__doc__.split("\n")[0])
     if not Path(opts.input).is_file():
         raise UsageError(f"--input {opts.input} not found: pass the tinyshakespeare file (the char-rnn input.txt)")
     if opts.threads:
         torch.set_num_threads(opts.threads)
     work = Path(opts.work_dir or tempfile.mkdtemp(prefix="quillgpt-speedrun-"))
+    print(cpu_description(), flush=True)
     fp32_peak, bf16_peak = matmul_peak(torch.float32, runs=9), matmul_peak(torch.bfloat16, runs=9)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {fp32_peak / 1e9:.0f} "
           f"GFLOP/s, bf16 {bf16_peak / 1e9:.0f} GFLOP/s; target val loss {opts.target}", flush=True)

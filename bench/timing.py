@@ -35,3 +35,21 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5
     """FLOP/s of an n x n matmul in ``dtype``, median of ``runs``: the machine's practical peak."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n**3 / median_seconds(lambda: a @ b, runs)
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the flags that decide which kernels are fast, for every benchmark table."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    shown = " ".join(f for f in wanted if f in flags) or "none of avx2/avx512f/avx512_bf16/amx"
+    return f"{model}; {torch.get_num_threads()} threads; flags: {shown}; torch {torch.__version__}"

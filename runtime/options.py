@@ -172,8 +172,27 @@ def parse(cls: type, argv: Sequence[str] | None = None, *, prog: str | None = No
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or Path(sys.argv[0]).name
     table, alias = _field_table(cls)
-    names = list(table) + list(alias)
+    split = _split_argv(argv, table, alias, config_files)
+    if split is None:
+        print(format_help(cls, prog, description, config_files))
+        raise SystemExit(0)
+    files, cli = split
+    values = _resolve_values(table, alias, base_values or {}, files, cli)
+    try:
+        return cls(**values)
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
 
+
+def _split_argv(argv: list[str], table: dict[str, dataclasses.Field], alias: dict[str, str],
+                config_files: bool) -> tuple[list[str], list[tuple[str, Any]]] | None:
+    """The command line as (TOML files, [(field, raw value)]), in order; None when it asks for --help.
+
+    UsageError for anything that fits no option.
+    """
+    names = list(table) + list(alias)
     files: list[str] = []
     cli: list[tuple[str, Any]] = []
     i = 0
@@ -181,8 +200,7 @@ def parse(cls: type, argv: Sequence[str] | None = None, *, prog: str | None = No
         arg = argv[i]
         i += 1
         if arg in ("-h", "--help"):
-            print(format_help(cls, prog, description, config_files))
-            raise SystemExit(0)
+            return None
         if not arg.startswith("--"):
             if config_files and arg.endswith(".toml"):
                 files.append(arg)
@@ -219,8 +237,14 @@ def parse(cls: type, argv: Sequence[str] | None = None, *, prog: str | None = No
                 raise UsageError(f"--{key} needs a value ({type_name(table[key].type)})")
             value, i = nxt, i + 1
         cli.append((key, value))
+    return files, cli
 
-    values: dict[str, Any] = {k: coerce(v, table[k].type, k) for k, v in (base_values or {}).items() if k in table}
+
+def _resolve_values(table: dict[str, dataclasses.Field], alias: dict[str, str], base_values: dict[str, Any],
+                    files: list[str], cli: list[tuple[str, Any]]) -> dict[str, Any]:
+    """defaults < base_values < TOML files < command line, each value coerced and checked against its choices."""
+    names = list(table) + list(alias)
+    values: dict[str, Any] = {k: coerce(v, table[k].type, k) for k, v in base_values.items() if k in table}
     for path in files:
         for key, value in load_toml(path).items():
             key = alias.get(key, key)
@@ -239,12 +263,7 @@ def parse(cls: type, argv: Sequence[str] | None = None, *, prog: str | None = No
         choices = table[key].metadata.get("choices")
         if choices and v is not None and v not in choices:
             raise UsageError(f"--{key}: {v!r} is not one of {', '.join(map(str, choices))}")
-    try:
-        return cls(**values)
-    except UsageError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise UsageError(str(e)) from None
+    return values
 
 
 def format_help(cls: type, prog: str, description: str = "", config_files: bool = True) -> str:
@@ -285,4 +304,14 @@ def run_main(fn: Callable[[], Any]) -> None:
         msg = str(e) if isinstance(e, QuillError) else f"file not found: {e.filename or e}"
         print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
+    except BrokenPipeError:  # `... --help | head -1`: the reader left early, which is not an error
+        _silence_stdout()
+        code = 0
     raise SystemExit(code or 0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
