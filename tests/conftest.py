@@ -1,16 +1,17 @@
-"""Shared test helpers: the repo root on sys.path, and the ../shared reference files."""
+"""Shared test helpers: the ../shared reference files, one random model, one-thread torch.
+
+The repo root is importable through pytest's ``pythonpath`` setting (pyproject.toml), so
+``import train`` and ``import sample`` need no sys.path edits here.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def shared_dir() -> Path:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data.loader import BatchLoader, read_tokens
-from options import UsageError
+from runtime.errors import DataError
 
 
 def token_file(folder: Path, n: int, dtype=np.uint16) -> Path:
@@ -67,7 +67,7 @@ def test_resume_continues_the_sequence(tmp_path, mode):
 def test_resume_refuses_a_different_recipe(tmp_path):
     path = token_file(tmp_path, 3000)
     state = BatchLoader(path, 32, 8, seed=1).state_dict()
-    with pytest.raises(UsageError, match="seed changed"):
+    with pytest.raises(DataError, match="seed changed"):
         BatchLoader(path, 32, 8, seed=2).load_state_dict(state)
 
 
@@ -102,23 +102,23 @@ def test_sequential_reads_each_window_once_per_epoch(tmp_path):
 
 def test_too_short_file_names_path_count_and_fix(tmp_path):
     path = token_file(tmp_path, 64)
-    with pytest.raises(UsageError, match=r"train\.bin has 64 tokens.*block_size\+1=65.*smaller --block_size"):
+    with pytest.raises(DataError, match=r"train\.bin has 64 tokens.*block_size\+1=65.*smaller --block_size"):
         BatchLoader(path, block_size=64, batch_size=1)
     assert BatchLoader(path, block_size=63, batch_size=4).next_batch()[0].shape == (4, 63)
 
 
 def test_missing_file_or_meta(tmp_path):
-    with pytest.raises(UsageError, match="token file not found.*prepare"):
+    with pytest.raises(DataError, match="token file not found.*prepare"):
         BatchLoader(tmp_path / "val.bin", 8, 2)
     np.arange(100, dtype=np.uint16).tofile(tmp_path / "val.bin")
-    with pytest.raises(UsageError, match="no meta.json"):
+    with pytest.raises(DataError, match="no meta.json"):
         BatchLoader(tmp_path / "val.bin", 8, 2)
     assert BatchLoader(tmp_path / "val.bin", 8, 2, dtype=np.uint16).next_batch()[0].shape == (2, 8)
 
 
 def test_bad_mode_and_rank(tmp_path):
     path = token_file(tmp_path, 100)
-    with pytest.raises(UsageError, match="random, sequential"):
+    with pytest.raises(DataError, match="random, sequential"):
         BatchLoader(path, 8, 2, mode="shuffled")
-    with pytest.raises(UsageError, match="rank 2 is outside world size 2"):
+    with pytest.raises(DataError, match="rank 2 is outside world size 2"):
         BatchLoader(path, 8, 2, rank=2, world_size=2)

@@ -19,7 +19,8 @@ import pytest
 import data.prepare as prep
 from data.prepare import PrepareOptions, dataset_dir, ensure_prepared, load_meta, prepare
 from data.tokenizer import load_tokenizer
-from options import UsageError, parse
+from runtime.errors import DataError, UsageError
+from runtime.options import parse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def test_parquet_text_column_and_processes(tmp_path, gpt2_ranks):
     path = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"id": list(range(40)), "body": docs(40)}), path)
     base = dict(dataset="pq", input=str(path), tokenizer="gpt2", gpt2_ranks=str(gpt2_ranks))
-    with pytest.raises(UsageError, match="no column 'text'.*--text_column"):
+    with pytest.raises(DataError, match="no column 'text'.*--text_column"):
         prepare(opts(tmp_path, **base))
     one = check_meta(prepare(opts(tmp_path, text_column="body", **base)), gpt2_ranks)
     two = check_meta(prepare(opts(tmp_path / "two", text_column="body", num_proc=2, **base)), gpt2_ranks)
@@ -187,7 +188,7 @@ def test_complete_folder_is_reused_unless_forced(tmp_path, tinyshakespeare):
     # as train.py asks: only dataset and tokenizer; the folder made from --input is what it gets
     assert ensure_prepared(opts(tmp_path, dataset="tinyshakespeare")) == dataset_dir(o)
     assert meta_path.stat().st_mtime_ns == stamp
-    with pytest.raises(UsageError, match=r"different options \(--max_tokens=None there, 1000 now\).*--force"):
+    with pytest.raises(DataError, match=r"different options \(--max_tokens=None there, 1000 now\).*--force"):
         prepare(opts(tmp_path, dataset="tinyshakespeare", input=str(tinyshakespeare), max_tokens=1000))
     o.force = True
     prepare(o)
@@ -198,7 +199,7 @@ def test_complete_folder_is_reused_unless_forced(tmp_path, tinyshakespeare):
 
 
 def test_missing_input(tmp_path):
-    with pytest.raises(UsageError, match=r"input not found: .*nothing\.txt; give an existing file"):
+    with pytest.raises(DataError, match=r"input not found: .*nothing\.txt; give an existing file"):
         prepare(opts(tmp_path, dataset="x", input=str(tmp_path / "nothing.txt")))
 
 
@@ -206,7 +207,7 @@ def test_empty_corpus(tmp_path, gpt2_ranks):
     empty = tmp_path / "empty.txt"
     empty.write_text("", encoding="utf-8")
     for tok in ("char", "gpt2"):
-        with pytest.raises(UsageError, match="empty"):
+        with pytest.raises(DataError, match="empty"):
             prepare(opts(tmp_path, dataset="x", input=str(empty), tokenizer=tok, gpt2_ranks=str(gpt2_ranks)))
     assert not (tmp_path / "prepared" / "x" / "char").exists()
 
@@ -214,19 +215,19 @@ def test_empty_corpus(tmp_path, gpt2_ranks):
 def test_non_utf8_names_path_and_offset(tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("abc café".encode("latin-1"))
-    with pytest.raises(UsageError, match=r"latin1\.txt: not UTF-8 text \(bad byte 0xe9 at offset 7\)"):
+    with pytest.raises(DataError, match=r"latin1\.txt: not UTF-8 text \(bad byte 0xe9 at offset 7\)"):
         prepare(opts(tmp_path, dataset="x", input=str(bad)))
 
 
 def test_val_split_empty(tmp_path):
     path = tmp_path / "few.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in docs(3)), encoding="utf-8")
-    with pytest.raises(UsageError, match="val split is empty.*--val_fraction"):
+    with pytest.raises(DataError, match="val split is empty.*--val_fraction"):
         prepare(opts(tmp_path, dataset="few", input=str(path)))
 
 
 def test_unknown_dataset_and_tokenizer_list_known(tmp_path):
-    with pytest.raises(UsageError, match="unknown dataset 'nope'; known: shakespeare, tinyshakespeare"):
+    with pytest.raises(DataError, match="unknown dataset 'nope'; known: shakespeare, tinyshakespeare"):
         prepare(opts(tmp_path, dataset="nope"))
     with pytest.raises(UsageError, match="not one of char, bpe, gpt2"):
         parse(PrepareOptions, ["--tokenizer=wordpiece"])

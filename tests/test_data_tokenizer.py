@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from conftest import shared_file
 from data.tokenizer import (CharTokenizer, TiktokenTokenizer, get_gpt2_encoding, load_ranks, load_tokenizer,
                             train_bpe)
-from options import UsageError
+from runtime.errors import DataError
 
 ENGLISH = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
            "must be in want of a wife. However little known the feelings or views of such a man may be "
@@ -71,11 +71,11 @@ def test_gpt2_ranks_from_env_never_downloads(gpt2_ranks, monkeypatch):
 
 
 def test_gpt2_bad_ranks_file(tmp_path):
-    with pytest.raises(UsageError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         get_gpt2_encoding(str(tmp_path / "missing.tiktoken"))
     small = tmp_path / "small.tiktoken"
     small.write_text("YQ== 0\n", encoding="utf-8")
-    with pytest.raises(UsageError, match="GPT-2 has 50256"):
+    with pytest.raises(DataError, match="GPT-2 has 50256"):
         get_gpt2_encoding(str(small))
 
 
@@ -92,7 +92,7 @@ def test_decode_bytes_keeps_split_characters(gpt2):
 
 def test_char_out_of_vocab_lists_characters():
     tok = CharTokenizer("abc")
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(DataError) as e:
         tok.encode("abzzq!z")
     msg = str(e.value)
     assert "3 character(s)" in msg and "'!', 'q', 'z'" in msg and "\n" not in msg
@@ -104,9 +104,9 @@ def test_bpe_exact_vocab_size_and_special_token(bpe):
 
 
 def test_bpe_too_small_vocab_or_text():
-    with pytest.raises(UsageError, match="at least 257"):
+    with pytest.raises(DataError, match="at least 257"):
         train_bpe(["abc"], 200)
-    with pytest.raises(UsageError, match="smaller --vocab_size or more text"):
+    with pytest.raises(DataError, match="smaller --vocab_size or more text"):
         train_bpe(["ab"], 1000)
 
 
@@ -147,5 +147,5 @@ def test_char_vocab_file_is_json(tmp_path):
 
 
 def test_unknown_kind(tmp_path):
-    with pytest.raises(UsageError, match="char, bpe, gpt2"):
+    with pytest.raises(DataError, match="char, bpe, gpt2"):
         load_tokenizer({"kind": "sentencepiece"}, tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -267,3 +269,29 @@ def test_invalid_prompt_shape_raises() -> None:
         model.generate(torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="idx"):
         model.generate(torch.zeros(1, 0, dtype=torch.long), 2)
+
+
+def test_compile_without_a_cpp_compiler_is_a_device_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = importlib.import_module("model.generate")  # `import model.generate` would give the function
+    from runtime.errors import DeviceError
+
+    monkeypatch.setattr(gen, "cpu_compiler", lambda: None)
+    with pytest.raises(DeviceError, match=r"^--compile: torch\.compile on CPU needs a C\+\+ compiler") as e:
+        gen.check_can_compile(torch.device("cpu"))
+    assert "\n" not in str(e.value)
+    with pytest.raises(DeviceError, match="needs a C\\+\\+ compiler"):
+        next(tiny("classic").generate_stream(prompt(1, 2), 3, temperature=0.0, compile=True))
+    gen.check_can_compile(torch.device("meta"))  # only CPU compilation needs the compiler
+
+
+def test_sampling_arguments_are_checked_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = importlib.import_module("model.generate")  # `import model.generate` would give the function
+    from runtime.errors import ConfigError
+
+    calls = []
+    real = gen.check_sampling_args
+    monkeypatch.setattr(gen, "check_sampling_args", lambda *a: (calls.append(a), real(*a))[1])
+    out = tiny("classic").generate(prompt(1, 2), 20, temperature=0.9, top_k=5, seed=1)
+    assert out.shape == (1, 22) and len(calls) == 1  # not once per token
+    with pytest.raises(ConfigError, match="top_k must be >= 0"):
+        tiny("classic").generate(prompt(1, 2), 5, top_k=-1)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import random_model
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, KVCache
+from runtime.errors import ConfigError
 
 
 TINY = dict(block_size=32, vocab_size=64, n_layer=2, n_head=4, n_embd=32)
@@ -39,21 +40,23 @@ PRESETS = {
     ("logit_softcap", dict(logit_softcap=0.0)),
 ])
 def test_config_rejects_bad_values_naming_the_field(field: str, kwargs: dict) -> None:
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ConfigError, match=field) as e:
         GPTConfig(**{**TINY, **kwargs})
+    assert "GPTConfig." not in str(e.value) and "\n" not in str(e.value)  # the field as the user spells it
+    assert isinstance(e.value, ValueError)  # callers catching ValueError keep working
 
 
 def test_config_rejects_odd_rotary_head_size() -> None:
-    with pytest.raises(ValueError, match="pos_emb"):
+    with pytest.raises(ConfigError, match="^pos_emb='rope' needs an even head size"):
         GPTConfig.modern(n_embd=36, n_head=4)  # head size 9
 
 
 def test_config_round_trips_through_dict_and_rejects_unknown_fields() -> None:
     cfg = GPTConfig.modern(**TINY, n_kv_head=2)
     assert GPTConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown GPTConfig fields"):
+    with pytest.raises(ConfigError, match="unknown GPTConfig fields"):
         GPTConfig.from_dict({**cfg.to_dict(), "n_experts": 8})
-    with pytest.raises(ValueError, match="unknown model preset"):
+    with pytest.raises(ConfigError, match="unknown model preset"):
         GPTConfig.preset("llama")
 
 
@@ -165,6 +168,7 @@ def test_forward_refuses_more_than_block_size() -> None:
         model(torch.zeros(1, 33, dtype=torch.long))
     cache = model.new_kv_cache(1)
     model(torch.zeros(1, 30, dtype=torch.long), kv_cache=cache)
+    cache.advance(30)
     with pytest.raises(ValueError, match="block_size"):
         model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
 
@@ -185,6 +189,13 @@ def test_causality(preset: str) -> None:
         assert not torch.allclose(logits[:, t + 1:], base[:, t + 1:], atol=1e-3)  # the future does matter
 
 
+def cached_forward(model: GPT, idx: torch.Tensor, cache: KVCache, **kw) -> torch.Tensor:
+    """One forward over new tokens, then the caller's advance (the forward never moves the cache)."""
+    logits, _ = model(idx, kv_cache=cache, **kw)
+    cache.advance(idx.size(1))
+    return logits
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_kv_cache_matches_full_recompute(preset: str) -> None:
     """Prefill, one-token decodes and a multi-token chunk after a cache all equal one full forward."""
@@ -192,18 +203,18 @@ def test_kv_cache_matches_full_recompute(preset: str) -> None:
     idx = torch.randint(0, 64, (3, 32), generator=torch.Generator().manual_seed(2))
     full, _ = model(idx)  # (3, 32, V)
     cache = model.new_kv_cache(3)
-    pieces = [model(idx[:, :7], kv_cache=cache)[0]]  # prefill 7
+    pieces = [cached_forward(model, idx[:, :7], cache)]  # prefill 7
     for t in range(7, 12):  # 5 one-token decode steps
-        pieces.append(model(idx[:, t:t + 1], kv_cache=cache)[0])
-    pieces.append(model(idx[:, 12:20], kv_cache=cache)[0])  # a chunk of 8 after the cache
-    pieces.append(model(idx[:, 20:21], kv_cache=cache)[0])
-    pieces.append(model(idx[:, 21:32], kv_cache=cache)[0])  # chunk that fills the cache exactly
+        pieces.append(cached_forward(model, idx[:, t:t + 1], cache))
+    pieces.append(cached_forward(model, idx[:, 12:20], cache))  # a chunk of 8 after the cache
+    pieces.append(cached_forward(model, idx[:, 20:21], cache))
+    pieces.append(cached_forward(model, idx[:, 21:32], cache))  # chunk that fills the cache exactly
     assert cache.pos == 32
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
     # the last_only path used by generation agrees too
     cache.reset()
-    model(idx[:, :31], kv_cache=cache, last_only=True)
-    last, _ = model(idx[:, 31:], kv_cache=cache, last_only=True)
+    cached_forward(model, idx[:, :31], cache, last_only=True)
+    last = cached_forward(model, idx[:, 31:], cache, last_only=True)
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-4, atol=1e-4)
 
 
@@ -217,7 +228,7 @@ def test_fixed_shape_decode_matches_full_recompute(preset: str) -> None:
     cache = model.new_kv_cache(3)
     model(torch.randint(0, 64, (3, 32), generator=torch.Generator().manual_seed(4)), kv_cache=cache)  # stale slots
     cache.reset()
-    pieces = [model(idx[:, :7], kv_cache=cache)[0]]  # eager prefill
+    pieces = [cached_forward(model, idx[:, :7], cache)]  # eager prefill
     for t in range(7, 32):
         pos = torch.tensor([t])
         logits, _ = model(idx[:, t:t + 1], kv_cache=cache, input_pos=pos)
@@ -231,12 +242,38 @@ def test_fixed_shape_decode_matches_full_recompute(preset: str) -> None:
 def test_kv_cache_is_preallocated_and_reused() -> None:
     model = random_model(PRESETS["modern-gqa"]())
     cache = model.new_kv_cache(2)
-    model(torch.zeros(2, 4, dtype=torch.long), kv_cache=cache)
+    cached_forward(model, torch.zeros(2, 4, dtype=torch.long), cache)
     k = cache.k
     assert k.shape == (2, 2, 2, 32, 8)  # (n_layer, B, n_kv_head, block_size, head_dim)
     ptr = k.data_ptr()
     for _ in range(5):
-        model(torch.zeros(2, 1, dtype=torch.long), kv_cache=cache)
+        cached_forward(model, torch.zeros(2, 1, dtype=torch.long), cache)
     assert cache.k.data_ptr() == ptr and cache.pos == 9
     cache.reset()
     assert cache.pos == 0
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_forward_never_moves_the_cache_and_input_pos_equals_cache_pos(preset: str) -> None:
+    """One rule: the forward writes keys/values at kv_cache.pos (or at input_pos) and leaves pos
+    alone, whichever path; the caller advances. input_pos = [pos, pos+T) gives the same logits
+    as the implicit position, and a forward repeated without advancing overwrites the same slots."""
+    model = random_model(PRESETS[preset]())
+    idx = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(5))
+    full, _ = model(idx)
+    implicit, explicit = model.new_kv_cache(2), model.new_kv_cache(2)
+    for cache in (implicit, explicit):
+        model(idx[:, :5], kv_cache=cache)
+        assert cache.pos == 0  # prefill did not advance
+        cache.advance(5)
+    for t in range(5, 12):
+        a, _ = model(idx[:, t:t + 1], kv_cache=implicit)
+        b, _ = model(idx[:, t:t + 1], kv_cache=explicit, input_pos=torch.tensor([explicit.pos]))
+        assert implicit.pos == explicit.pos == t  # neither path moved the cache
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a[:, 0], full[:, t], rtol=1e-4, atol=1e-4)
+        again, _ = model(idx[:, t:t + 1], kv_cache=implicit)  # not advanced: the same slot, the same answer
+        torch.testing.assert_close(again, a, rtol=0, atol=0)
+        implicit.advance(1)
+        explicit.advance(1)
+    assert implicit.pos == explicit.pos == 12

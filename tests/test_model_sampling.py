@@ -9,12 +9,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.sampling import apply_repetition_penalty, check_sampling_args, next_token_distribution, sample_next
+from model.sampling import apply_repetition_penalty, check_sampling_args, filtered_probs, sample_next
+from runtime.errors import ConfigError
 
 
 def logits_of(probs: list[float]) -> torch.Tensor:
     """(1, V) logits whose softmax is ``probs``."""
     return torch.tensor([probs], dtype=torch.float64).log()
+
+
+def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                            top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
+    """The exact (B, V) distribution ``sample_next`` draws from: ``filtered_probs`` normalised
+    (a one-hot argmax at temperature 0)."""
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).to(logits.dtype)
+    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
+    return probs / probs.sum(dim=-1, keepdim=True)
 
 
 def support(dist: torch.Tensor) -> list[int]:
@@ -124,16 +135,19 @@ def test_empirical_frequencies_match_the_distribution(kwargs: dict) -> None:
     (dict(min_p=2.0), r"\[0, 1\]"),
 ])
 def test_invalid_sampling_values_raise_with_the_range(kwargs: dict, match: str) -> None:
-    logits = torch.zeros(1, 4)
-    with pytest.raises(ValueError, match=match):
-        sample_next(logits, **kwargs)
-    with pytest.raises(ValueError, match=match):
-        next_token_distribution(logits, **kwargs)
-    with pytest.raises(ValueError, match=match):
+    name = next(iter(kwargs))
+    with pytest.raises(ConfigError, match=match) as e:
         check_sampling_args(**{"temperature": 1.0, "top_k": None, "top_p": None, "min_p": None,
                                "repetition_penalty": None, **kwargs})
-    with pytest.raises(ValueError, match=r"> 0"):
+    assert str(e.value).startswith(f"{name} must be"), str(e.value)  # names the option, one line
+    assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+    with pytest.raises(ConfigError, match=r"repetition_penalty must be > 0"):
         check_sampling_args(1.0, None, None, None, repetition_penalty=0.0)
+
+
+def test_valid_sampling_values_pass_the_check() -> None:
+    for args in [(0.0, None, None, None, None), (0.8, 0, 1.0, 0.0, 1.0), (2.0, 5, 0.5, 1.0, 0.1)]:
+        check_sampling_args(*args)  # no exception
 
 
 @settings(max_examples=60, deadline=None)
