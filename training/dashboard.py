@@ -43,7 +43,7 @@ def device_peak_flops(device: str, override: float | None) -> float | None:
 
     CPUs have no table entry: their peak depends on cores, clocks and ISA. Measure it (a
     2048x2048 matmul; bench/bench_train.py does) and pass --peak_flops. On the 2-core
-    reference machine that gave fp32 128e9 and bf16 376e9 FLOP/s (../shared/REFERENCE.md).
+    machine of docs/BENCHMARKS.md that gave fp32 ~128e9 and bf16 ~376e9 FLOP/s.
     """
     if override:
         return override

@@ -19,7 +19,7 @@ def cpu_bf16_pays(model: torch.nn.Module, batch_size: int, block_size: int, tria
     """Time forward+backward of a throwaway copy of ``model`` in fp32 and in bf16 autocast.
 
     bf16 pays on CPUs with AVX-512 BF16 or AMX once the matmuls are big enough; at nanoGPT's
-    batch 12 x 64 it measured ~10% slower, at batch 32 ~25% faster (README speedrun table),
+    batch 12 x 64 it measured ~10% slower, at batch 32 ~25% faster (docs/BENCHMARKS.md, speedrun),
     so the choice is measured per run rather than guessed. The probe runs under fork_rng,
     so the training RNG stream (and with it exact resume) is untouched.
     """
