@@ -20,9 +20,10 @@ import torch
 from conftest import ROOT
 
 import train
-import train_state
-from options import run_main
-from train import TrainConfig, load_config
+from model.checkpoint import load_train_state
+from runtime.options import load_toml, run_main
+from train import load_config
+from training.config import TrainConfig
 
 POEM = """Shall I compare thee to a summer's day?
 Thou art more lovely and more temperate:
@@ -107,18 +108,21 @@ def test_help_lists_every_field(capsys) -> None:
         assert f.metadata["help"], f.name
 
 
-def test_presets_parse() -> None:
-    for preset in sorted((ROOT / "configs").glob("*.toml")):
-        cfg = load_config([str(preset)])
-        assert cfg.max_iters > 0, preset
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+def test_presets_apply_every_key_and_build_a_model_config(preset: str) -> None:
+    from training.trainer import scratch_config
 
-
-def test_lr_schedule_warms_up_from_nonzero_and_ends_at_min_lr() -> None:
-    cfg = TrainConfig(max_iters=100, warmup_iters=10, learning_rate=1.0, min_lr=0.1)
-    m = [train.lr_multiplier(i, cfg) for i in range(101)]
-    assert m[0] > 0 and m[9] < m[10] == pytest.approx(1.0, abs=0.01) and m[100] == pytest.approx(0.1)
-    wsd = dataclasses.replace(cfg, lr_schedule="wsd", cooldown_frac=0.2)
-    assert train.lr_multiplier(50, wsd) == 1.0 and train.lr_multiplier(90, wsd) == pytest.approx(0.55)
+    path = ROOT / "configs" / preset
+    cfg = load_config([str(path)])
+    keys = load_toml(path)  # tables flattened
+    assert keys, preset
+    for key, value in keys.items():
+        got = getattr(cfg, key)
+        assert got == value or (isinstance(value, int) and float(got) == value), (key, value, got)
+    assert cfg.out_dir != TrainConfig().out_dir  # a preset never overwrites the default run's folder
+    assert cfg.warmup_iters < (cfg.lr_decay_iters or cfg.max_iters) or not cfg.decay_lr
+    model = scratch_config(cfg, vocab_size=50257)  # the architecture it asks for is a valid one
+    assert (model.n_layer, model.n_embd, model.block_size) == (cfg.n_layer, cfg.n_embd, cfg.block_size)
 
 
 # ---------------------------------------------------------------------------- training
@@ -174,25 +178,29 @@ def test_resume_continues_exactly(tmp_path: Path, corpus, optimizer: str) -> Non
 
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path, corpus, monkeypatch) -> None:
+    import model.checkpoint as checkpoint
+
     run(args(tmp_path, corpus, "--max_iters=10", "--eval_interval=10"))
     out = tmp_path / "out"
-    before = (out / "train_state.pt").read_bytes()
-    real = train_state.atomic_write_bytes
+    before = {name: (out / name).read_bytes() for name in ("train_state.pt", "model.safetensors", "config.json")}
+    real_save = torch.save
+    torn = []
 
-    def torn_write(path, data):  # write half the bytes, then die, as a power cut would
-        from atomicio import atomic_open
+    def dies_mid_write(obj, f, *a, **kw):  # stream part of the state into the temp file, then die
+        real_save(obj, f, *a, **kw)
+        f.truncate(f.tell() // 2)
+        torn.append(obj.get("iter"))
+        raise OSError("simulated crash mid-write")
 
-        with atomic_open(path, "wb") as f:
-            f.write(data[: len(data) // 2])
-            raise OSError("simulated crash mid-write")
-
-    monkeypatch.setattr(train_state, "atomic_write_bytes", torn_write)
+    monkeypatch.setattr(checkpoint.torch, "save", dies_mid_write)
     with pytest.raises(OSError, match="simulated"):
         run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
-    monkeypatch.setattr(train_state, "atomic_write_bytes", real)
-    assert (out / "train_state.pt").read_bytes() == before
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert torn == [20]  # the crash hit the train_state write of iteration 20
+    # the old checkpoint is whole, and the exported model was not paired with a newer state
+    assert {name: (out / name).read_bytes() for name in before} == before
     assert not list(out.glob(".*.tmp"))
-    assert train_state.load_state(out)["iter"] == 10
+    assert load_train_state(out)["iter"] == 10
     res = run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
     assert res["iters"] == 20
 
@@ -214,7 +222,7 @@ def test_sigterm_saves_and_says_how_to_resume(tmp_path: Path, corpus) -> None:
         proc.kill()
     assert proc.returncode == 0, stderr
     assert f"--init_from=resume --out_dir={out}" in stdout
-    stopped_at = train_state.load_state(out)["iter"]
+    stopped_at = load_train_state(out)["iter"]
     assert 0 < stopped_at < 100000
     res = run([f"--out_dir={out}", "--init_from=resume", f"--max_iters={stopped_at + 3}"])
     assert res["iters"] == stopped_at + 3
@@ -224,6 +232,25 @@ def test_signal_handlers_are_restored_after_a_run(tmp_path: Path, corpus) -> Non
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=100"))
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_init_from_a_run_folder_with_dropout_trains_with_that_dropout(tmp_path: Path, corpus, capsys) -> None:
+    """`python train.py --init_from=<run folder> --dropout=0.1`: the new run's model has dropout 0.1
+    (the override used to be dropped for quillgpt run folders)."""
+    from model import from_pretrained
+
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2"))
+    source = tmp_path / "out"
+    assert json.loads((source / "config.json").read_text(encoding="utf-8"))["model"]["dropout"] == 0.0
+    assert from_pretrained(str(source), dropout=0.1).config.dropout == 0.1
+    tuned = tmp_path / "tuned"
+    assert train.main([*corpus, *TINY, f"--init_from={source}", "--dropout=0.1", "--max_iters=2",
+                       "--eval_interval=2", f"--out_dir={tuned}"]) == 0
+    assert f"checkpoint in {tuned}" in capsys.readouterr().out
+    meta = json.loads((tuned / "config.json").read_text(encoding="utf-8"))
+    assert meta["model"]["dropout"] == 0.1 and meta["train"]["dropout"] == 0.1
+    assert meta["train"]["init_from"] == str(source)
+    assert load_train_state(tuned)["model_config"]["dropout"] == 0.1
 
 
 class Exploit:
@@ -315,7 +342,7 @@ def test_wandb_offline_logs_into_the_run_folder(tmp_path: Path, corpus, monkeypa
     for key in ("train/loss", "val/loss", "lr", "grad_norm", "tokens_per_sec", "flops_per_sec", "tokens"):
         assert key in keys, (key, sorted(keys))
     assert any(k.startswith("sample") for k in keys), sorted(keys)  # the generated text, as wandb.Html
-    state = train_state.load_state(tmp_path / "out")
+    state = load_train_state(tmp_path / "out")
     assert state["wandb_id"] and files[0].name == f"run-{state['wandb_id']}.wandb"
 
 
@@ -363,18 +390,3 @@ def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path: Path, 
     assert "offline" in capsys.readouterr().err
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb"))
 
-
-def test_cpu_bf16_probe_leaves_the_rng_stream_alone():
-    """dtype=auto on CPU times a throwaway copy; the training RNG must not notice (exact resume)."""
-    from model import GPT, GPTConfig
-    from train import cpu_bf16_pays
-
-    model = GPT(GPTConfig.modern(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=50))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.manual_seed(0)
-    expected = torch.rand(4)
-    torch.manual_seed(0)
-    assert isinstance(cpu_bf16_pays(model, batch_size=4, block_size=16), bool)
-    assert torch.equal(torch.rand(4), expected)
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    assert all(p.grad is None for p in model.parameters())
