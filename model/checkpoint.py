@@ -222,6 +222,11 @@ def load_train_state(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume: run folder {folder} does not exist; {hint}")
     if not path.is_file():
         raise CheckpointError(f"cannot resume: no {STATE_FILE} in {folder}; {hint}")
+    with open(path, "rb") as f:
+        is_zip = f.read(2) == b"PK"  # torch.save's format; a bare pickle stream is never ours
+    if not is_zip:
+        raise CheckpointError(f"refusing {path}: it is a bare pickle stream, not a train_state written by train.py; "
+                              "it was not loaded")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:

@@ -272,7 +272,8 @@ def format_help(cls: type, prog: str, description: str = "", config_files: bool 
     lines = [f"usage: {prog} [preset.toml ...] [--key=value ...]" if config_files else f"usage: {prog} [--key=value ...]"]
     if description:
         lines += ["", description.strip()]
-    lines += ["", "options (defaults < --config/positional TOML files < command line):"]
+    lines += ["", "options (defaults < --config/positional TOML files < command line):" if config_files
+              else "options (defaults < command line):"]
     if config_files:
         lines.append("  --config PATH                  a TOML preset (repeatable); later files win")
     for name, f in table.items():

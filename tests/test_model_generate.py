@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import needs_cpu_compiler, random_model
-from model import GPT, GPTConfig, generate_stream
+from model import GPT, GPTConfig
+from model.generate import generate_stream
 
 
 V = 64
