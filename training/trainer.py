@@ -24,7 +24,7 @@ from model import GPT, GPTConfig
 from model.checkpoint import (BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state, model_config,
                               save_model, save_train_state)
 from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype
-from runtime.errors import CheckpointError, ConfigError, UsageError
+from runtime.errors import CheckpointError, UsageError
 from training import dashboard
 from training.config import ARCH_FIELDS, ARCH_SWITCHES, TrainConfig
 from training.control import StopRequest, TrainingDiverged
@@ -40,11 +40,8 @@ def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
     switches = {k: getattr(cfg, k) for k in ARCH_SWITCHES if getattr(cfg, k) is not None}
     if switches.get("logit_softcap") == 0:
         switches["logit_softcap"] = None
-    try:
-        return GPTConfig.preset(cfg.model, block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
-                                n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, **switches)
-    except ConfigError as e:
-        raise UsageError(f"--{e}") from None
+    return GPTConfig.preset(cfg.model, block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
+                            n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, **switches)
 
 
 def resume_command(cfg: TrainConfig) -> str:
