@@ -435,7 +435,7 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     stream = generate_stream(model, idx, o.max_new_tokens, **sampling_settings(o),
                              repetition_penalty=None if o.repetition_penalty == 1.0 else o.repetition_penalty,
                              generator=generator, compile=o.compile, on_step=on_step)
-    first: list[int] = []  # sample 1's tokens, for --attention
+    sample_one: list[int] = []  # sample 1's tokens, for --attention
     steps = 0
     t0 = time.perf_counter()
     marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
@@ -449,7 +449,7 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
                     if rows[r].finished:
                         continue
                     if r == 0:
-                        first.append(token)
+                        sample_one.append(token)
                     text = rows[r].feed(token)
                     if o.stream:
                         printer.emit(r, text)
@@ -462,7 +462,7 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     except KeyboardInterrupt:
         printer.interrupt()
         log(f"interrupted after {steps} tokens per sample")
-        return 130, first
+        return 130, sample_one
     finally:
         stream.close()
     for r in range(B):
@@ -478,10 +478,10 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     rate = (steps - warm) * B / (end - marks[warm - 1]) if steps > warm else float("nan")
     log(f"{steps} steps x {B} sample(s) = {steps * B} tokens in {end - t0:.2f} s; first token after {first:.3f} s"
         f"{compiling}, then {rate:.1f} tokens/s")
-    return 0, first
+    return 0, sample_one
 
 
-def write_attention(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], first: list[int],
+def write_attention(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], sample_one: list[int],
                     recorder: Any, source: Source) -> None:
     """--attention: sample 1's maps and sampler choices, drawn to o.attention (.png or .html)."""
     from viz.picture import attention_view, window_tokens, write_picture
@@ -489,7 +489,7 @@ def write_attention(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer"
     cfg = model.config
     fmt = Path(o.attention).suffix.lower()
     t0 = time.perf_counter()
-    view = attention_view(model, tok, ids + first, len(ids), recorder.steps, recorder.settings(),
+    view = attention_view(model, tok, ids + sample_one, len(ids), recorder.steps, recorder.settings(),
                           title=f"Attention: sample 1 of {source.label}",
                           max_tokens=window_tokens(cfg.n_layer, cfg.n_head, cfg.block_size, fmt))
     try:
@@ -550,7 +550,7 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         problem = path_problem(o.attention)
         recorder = NextTokenRecorder(**sampling_settings(o)) if problem is None else None
     try:
-        code, first = write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer, recorder)
+        code, sample_one = write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer, recorder)
     except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -559,7 +559,7 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         return code
     if problem is not None:
         raise UsageError(problem)
-    write_attention(o, model, tok, ids, first, recorder, source)
+    write_attention(o, model, tok, ids, sample_one, recorder, source)
     return 0
 
 

@@ -38,7 +38,7 @@ header h1 { font-size: 18px; margin: 0 0 4px; font-weight: 600; }
 header p { margin: 2px 0; font-size: 13px; color: #d1d5db; }
 main { display: flex; gap: 16px; padding: 14px 20px; align-items: flex-start; flex-wrap: wrap; }
 #left { flex: 1 1 560px; min-width: 320px; }
-#right { flex: 0 0 380px; max-width: 100%; }
+#right { flex: 0 0 400px; max-width: 100%; }
 .controls { display: flex; gap: 14px; align-items: center; margin-bottom: 10px; font-size: 14px; flex-wrap: wrap; }
 select { font-size: 14px; padding: 2px 4px; }
 #text { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 14px; line-height: 1.9;
@@ -53,13 +53,14 @@ select { font-size: 14px; padding: 2px 4px; }
 .panel h2 { font-size: 14px; margin: 0 0 8px; font-weight: 600; }
 .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; white-space: pre; }
 table { border-collapse: collapse; width: 100%; }
-td, th { padding: 2px 6px; text-align: left; vertical-align: middle; }
+td, th { padding: 2px 6px; text-align: left; vertical-align: middle; white-space: nowrap; }
 th { font-weight: 600; color: #57606a; border-bottom: 1px solid #d0d7de; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.chosen { background: #fef3c7; font-weight: 600; }
 tr.cut td { color: #8c959f; }
 .barcell { width: 35%; }
 .bar { height: 9px; background: #2563eb; border-radius: 2px; }
+#map-panel { max-width: 520px; margin-top: 12px; }
 #map { width: 100%; image-rendering: pixelated; border: 1px solid #d0d7de; background: #fff; cursor: crosshair; }
 .note { font-size: 12px; color: #57606a; margin: 6px 0 0; line-height: 1.5; }
 </style>
@@ -81,12 +82,12 @@ tr.cut td { color: #8c959f; }
 <p class="note">Row i of a map is softmax(q<sub>i</sub>&middot;k<sub>j</sub>/&radic;d) over the tokens j &le; i:
 token i's query meets every earlier key; the weights (summing to 1) mix those tokens' values.
 Later tokens are masked (causal attention), so they get nothing. Underlined in orange: generated tokens.</p>
+<div class="panel" id="map-panel"><h2>The whole map: row = query token, column = key token it attends to</h2>
+<canvas id="map"></canvas><p class="note">Click a row to select that token.</p></div>
 </section>
 <section id="right">
 <div class="panel"><h2 id="attn-title">Attention</h2><table id="attn-table"></table></div>
 <div class="panel"><h2 id="cand-title">Next-token choice</h2><div id="cand"></div></div>
-<div class="panel"><h2>Whole map (rows: query token, columns: key token)</h2><canvas id="map"></canvas>
-<p class="note">Click a row to select that token.</p></div>
 </section>
 </main>
 <script type="application/json" id="attention-data">{{DATA}}</script>
@@ -255,7 +256,7 @@ Later tokens are masked (causal attention), so they get nothing. Underlined in o
     const ctx = canvas.getContext("2d");
     ctx.putImageData(matrix, 0, 0);
     ctx.fillStyle = "rgba(220, 38, 38, 0.35)";
-    ctx.fillRect(0, shown, T, 1);
+    ctx.fillRect(0, shown, shown + 1, 1);  // the selected row, up to the diagonal
   }
   canvas.addEventListener("click", (e) => {
     const r = canvas.getBoundingClientRect();

@@ -28,7 +28,7 @@ def crop(maps: np.ndarray, labels: Sequence[str], max_tokens: int) -> tuple[np.n
 def _layout(n_layer: int, n_head: int, T: int) -> tuple[float, float, int]:
     """(cell size in inches, label font size in points, dpi): ~6-pt labels, a capped figure, >= 7-pixel text."""
     cell = min(0.6 + 0.09 * T, MAX_FIGURE_INCHES / max(n_layer, n_head, 1))
-    font = float(np.clip(72 * cell / max(T, 1) * 0.8, 2.5, 8.0))
+    font = float(np.clip(72 * cell / max(T, 1) * 0.9, 2.5, 8.0))
     dpi = int(np.clip(7 * 72 / font, 100, 150))
     return cell, font, dpi
 
