@@ -550,7 +550,8 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         problem = path_problem(o.attention)
         recorder = NextTokenRecorder(**sampling_settings(o)) if problem is None else None
     try:
-        code, sample_one = write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer, recorder)
+        code, sample_one = write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer,
+                                         recorder)
     except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -32,7 +32,8 @@ PAGE = """<!DOCTYPE html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{TITLE}}</title>
 <style>
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0; background: #f6f7f9; color: #1f2328; }
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       background: #f6f7f9; color: #1f2328; }
 header { padding: 12px 20px; background: #1f2937; color: #f9fafb; }
 header h1 { font-size: 18px; margin: 0 0 4px; font-weight: 600; }
 header p { margin: 2px 0; font-size: 13px; color: #d1d5db; }
@@ -49,7 +50,8 @@ select { font-size: 14px; padding: 2px 4px; }
 .tok.gen { border-bottom-color: #f59e0b; }
 .tok.sel { outline: 2px solid #dc2626; outline-offset: 0; }
 .tok.future { color: #b0b6bd; }
-.panel { background: #fff; border: 1px solid #d0d7de; border-radius: 6px; padding: 10px 12px; margin-bottom: 12px; font-size: 13px; }
+.panel { background: #fff; border: 1px solid #d0d7de; border-radius: 6px; padding: 10px 12px; margin-bottom: 12px;
+         font-size: 13px; }
 .panel h2 { font-size: 14px; margin: 0 0 8px; font-weight: 600; }
 .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; white-space: pre; }
 table { border-collapse: collapse; width: 100%; }
@@ -169,7 +171,8 @@ Later tokens are masked (causal attention), so they get nothing. Underlined in o
   }
 
   function showAttention(i, w) {
-    const which = (layer === "avg" ? "all layers" : "layer " + layer) + ", " + (head === "avg" ? "all heads" : "head " + head);
+    const which = (layer === "avg" ? "all layers" : "layer " + layer) + ", " +
+                  (head === "avg" ? "all heads" : "head " + head);
     el("attn-title").textContent = "Token #" + i + " \\u201c" + D.tokens[i] + "\\u201d attends to (" + which + ")";
     const table = el("attn-table");
     table.replaceChildren();
@@ -196,8 +199,9 @@ Later tokens are masked (causal attention), so they get nothing. Underlined in o
     box.replaceChildren();
     if (!c) {
       el("cand-title").textContent = "Next-token choice";
-      box.appendChild(make("p", i < D.first_generated ? "Token #" + i + " is part of the prompt: it was given, not sampled."
-                                                    : "No record of how token #" + i + " was sampled.", "note"));
+      const why = i < D.first_generated ? "Token #" + i + " is part of the prompt: it was given, not sampled."
+                                        : "No record of how token #" + i + " was sampled.";
+      box.appendChild(make("p", why, "note"));
       return;
     }
     el("cand-title").textContent = "How token #" + i + " was chosen";
@@ -226,8 +230,9 @@ Later tokens are masked (causal attention), so they get nothing. Underlined in o
       table.appendChild(tr);
     }
     box.appendChild(table);
-    box.appendChild(make("p", "p sampled: the distribution the token was drawn from (temperature, top-k, top-p, " +
-      "min-p applied). p model: the model's own softmax (temperature 1, nothing cut). \\u201ccut\\u201d: removed by the filters.", "note"));
+    box.appendChild(make("p", "p sampled: the distribution the token was drawn from (temperature, top-k, " +
+      "top-p, min-p applied). p model: the model's own softmax (temperature 1, nothing cut). " +
+      "\\u201ccut\\u201d: removed by the filters.", "note"));
   }
 
   function computeMatrix() {  // the T x T map for the chosen layer/head (or average), as canvas pixels
@@ -274,7 +279,9 @@ Later tokens are masked (causal attention), so they get nothing. Underlined in o
   el("summary").textContent = T + " tokens (" + D.first_generated + " prompt, " + g + " generated)" +
     (D.cut ? ", the last " + T + " of " + (T + D.cut) : "") + "; " + L + " layers \\u00d7 " + H + " heads";
   const st = D.settings, parts = [];
-  if (st.temperature !== undefined && st.temperature !== null) parts.push(st.temperature === 0 ? "greedy (temperature 0)" : "temperature " + st.temperature);
+  if (st.temperature !== undefined && st.temperature !== null) {
+    parts.push(st.temperature === 0 ? "greedy (temperature 0)" : "temperature " + st.temperature);
+  }
   if (st.top_k) parts.push("top-k " + st.top_k);
   if (st.top_p !== undefined && st.top_p !== null && st.top_p < 1) parts.push("top-p " + st.top_p);
   if (st.min_p) parts.push("min-p " + st.min_p);
