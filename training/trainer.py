@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 
-from data.loader import BatchLoader
+from data.loader import BatchLoader, read_tokens
 from data.prepare import PrepareOptions, ensure_prepared, load_meta
 from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig
-from data.loader import read_tokens
 from model.checkpoint import (ATTENTION_FILE, BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state,
                               model_config, save_model, save_train_state)
 from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype
