@@ -23,6 +23,7 @@ FORMATS = (".png", ".html")
 MAX_TOKENS = 256  # the maps cover at most the text's last 256 tokens (L x H x T x T floats in memory)
 HTML_MAX_WEIGHTS = 1_500_000  # a page stores L x H x T(T+1)/2 weights: at most this many (~5 MB of JSON)
 
+
 @dataclass
 class AttentionView:
     """Everything a picture shows for one text (after cropping to the attended window)."""
