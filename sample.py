@@ -3,6 +3,7 @@
     python sample.py --temperature 0.8                      # the best checkpoint of ./out
     python sample.py --out_dir=out --checkpoint=latest --prompt "ROMEO:" --num_samples 3
     python sample.py --init_from=gpt2 --prompt FILE:prompt.txt --stop "\\n\\n"
+    python sample.py --prompt "ROMEO:" --attention=attn.html   # then open attn.html: what each token attends to
     echo "Once upon a time" | python sample.py --init_from=gpt2 --prompt -
 
 stdout carries only text: each sample is its prompt and continuation followed by a newline,
@@ -79,6 +80,10 @@ class SampleOptions:
     compile: bool = opt(False, "torch.compile the decode step (fixed shapes, one graph per batch size): 3-10 s "
                                "once per process, then 2-3x the tokens/s at batch 1 on CPU; pays off for long "
                                "generations")
+    attention: str = opt("", "after sampling, draw sample 1 (prompt + generated text) to this file: PATH.png = "
+                             "a layer x head grid of attention heatmaps (last 64 tokens); PATH.html = an offline "
+                             "page: hover a token to see what it attends to, per layer and head, and each "
+                             "generated token's top-5 candidates as sampled; empty = off")
 
 
 DESCRIPTION = __doc__.split("\n\n")[0] + """
@@ -399,9 +404,16 @@ def mask_padded_vocab(model: "torch.nn.Module", vocab_size: int) -> None:
 # ---------------------------------------------------------------------------- main
 
 
+def sampling_settings(o: SampleOptions) -> dict[str, Any]:
+    """The sampler's controls as generate_stream takes them (0 or 1 = off), for the sampler and its recorder."""
+    return dict(temperature=o.temperature, top_k=o.top_k or None, top_p=o.top_p, min_p=o.min_p or None)
+
+
 def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], prompt_text: str,
-                  device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO) -> int:
-    """Run the batch, print the samples, report speed on stderr; returns the exit code."""
+                  device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO,
+                  on_step: Any = None) -> tuple[int, list[int]]:
+    """Run the batch, print the samples, report speed on stderr; returns the exit code and sample 1's tokens
+    (up to and including the one that ended it). ``on_step`` is generate_stream's per-step hook."""
     import torch
 
     from model.generate import generate_stream
@@ -420,10 +432,10 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     history: list[list[int]] = [[] for _ in range(B)]  # for --no-stream
     printer = Printer(out, B, prompt_text)
     generator = torch.Generator(device=device).manual_seed(seed)
-    stream = generate_stream(model, idx, o.max_new_tokens, temperature=o.temperature, top_k=o.top_k or None,
-                             top_p=o.top_p, min_p=o.min_p or None,
+    stream = generate_stream(model, idx, o.max_new_tokens, **sampling_settings(o),
                              repetition_penalty=None if o.repetition_penalty == 1.0 else o.repetition_penalty,
-                             generator=generator, compile=o.compile)
+                             generator=generator, compile=o.compile, on_step=on_step)
+    sample_one: list[int] = []  # sample 1's tokens, for --attention
     steps = 0
     t0 = time.perf_counter()
     marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
@@ -436,6 +448,8 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
                 for r, token in enumerate(nxt.tolist()):
                     if rows[r].finished:
                         continue
+                    if r == 0:
+                        sample_one.append(token)
                     text = rows[r].feed(token)
                     if o.stream:
                         printer.emit(r, text)
@@ -448,7 +462,7 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     except KeyboardInterrupt:
         printer.interrupt()
         log(f"interrupted after {steps} tokens per sample")
-        return 130
+        return 130, sample_one
     finally:
         stream.close()
     for r in range(B):
@@ -464,7 +478,27 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     rate = (steps - warm) * B / (end - marks[warm - 1]) if steps > warm else float("nan")
     log(f"{steps} steps x {B} sample(s) = {steps * B} tokens in {end - t0:.2f} s; first token after {first:.3f} s"
         f"{compiling}, then {rate:.1f} tokens/s")
-    return 0
+    return 0, sample_one
+
+
+def write_attention(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], sample_one: list[int],
+                    recorder: Any, source: Source) -> None:
+    """--attention: sample 1's maps and sampler choices, drawn to o.attention (.png or .html)."""
+    from viz.picture import attention_view, window_tokens, write_picture
+
+    cfg = model.config
+    fmt = Path(o.attention).suffix.lower()
+    t0 = time.perf_counter()
+    view = attention_view(model, tok, ids + sample_one, len(ids), recorder.steps, recorder.settings(),
+                          title=f"Attention: sample 1 of {source.label}",
+                          max_tokens=window_tokens(cfg.n_layer, cfg.n_head, cfg.block_size, fmt))
+    try:
+        write_picture(o.attention, view)
+    except OSError as e:
+        raise UsageError(f"--attention={o.attention}: cannot write the file ({e.strerror or e}); "
+                         "pick another path") from None
+    log(f"attention of sample 1 ({len(view.ids)} tokens, {cfg.n_layer} layers x {cfg.n_head} heads) written to "
+        f"{o.attention} in {time.perf_counter() - t0:.2f} s")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -507,12 +541,27 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     threads = f" ({n_threads} thread{'s' if n_threads > 1 else ''})" if device.type == "cpu" else ""
     log(f"device {device.type}{threads}, {str(dtype).removeprefix('torch.')}, seed {seed}"
         + ("" if o.seed is not None else f" (pass --seed={seed} to repeat)"))
+    # --attention: a bad path is reported after the samples are printed (they are not lost), as a usage error
+    problem = recorder = None
+    if o.attention:
+        from viz.picture import path_problem
+        from viz.record import NextTokenRecorder
+
+        problem = path_problem(o.attention)
+        recorder = NextTokenRecorder(**sampling_settings(o)) if problem is None else None
     try:
-        return write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer)
+        code, sample_one = write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer,
+                                         recorder)
     except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    if code != 0 or not o.attention:
+        return code
+    if problem is not None:
+        raise UsageError(problem)
+    write_attention(o, model, tok, ids, sample_one, recorder, source)
+    return 0
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ A run folder (``out_dir``) holds:
     train_state.pt                    everything a resume needs (weights, optimizer, RNG, data position)
     best/                             model.safetensors + config.json + tokenizer at the best val loss
     metrics.jsonl, loss.png           one JSON line per log/eval event; the loss curves
+    attention.png                     every layer's and head's attention over a fixed val text, at the last eval
     wandb/                            only with --wandb_log
 """
 

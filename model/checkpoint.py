@@ -41,6 +41,7 @@ STATE_FILE = "train_state.pt"
 BEST_DIR = "best"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
+ATTENTION_FILE = "attention.png"  # the attention grid of a fixed prompt, redrawn at each eval
 STATE_FORMAT = 1
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 

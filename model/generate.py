@@ -94,11 +94,14 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
                     top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                     repetition_penalty: float | None = None, stop_ids: list[int] | None = None,
                     seed: int | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
-                    window_keep: int | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
+                    window_keep: int | None = None, compile: bool = False,
+                    on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Iterator[torch.Tensor]:
     """Yield each step's sampled tokens, (B,) int64, for up to ``max_new_tokens`` steps.
 
     A row that samples one of ``stop_ids`` is finished: it keeps repeating that token, and
-    the stream ends early once every row is finished.
+    the stream ends early once every row is finished. ``on_step`` (if given) sees each step's
+    (B, V) logits exactly as the sampler received them (after the repetition penalty) and the
+    (B,) tokens it drew: a window onto the choices, for sample.py's --attention page.
     """
     if idx.dim() != 2 or idx.size(1) < 1:
         raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1, got shape {tuple(idx.shape)}")
@@ -152,6 +155,8 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         nxt = sample_next(logits, temperature, top_k, top_p, min_p, generator=gen)  # (B,)
+        if on_step is not None:
+            on_step(logits, nxt)
         if finished is not None:
             nxt = torch.where(finished, tokens.select(1, n - 1), nxt)  # finished rows repeat their stop token
             finished |= torch.isin(nxt, stop)
@@ -171,7 +176,7 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
     ``callback`` (if given) receives each step's (B,) tokens as they are sampled. ``new`` is
     ``max_new_tokens`` unless every row hit a stop id first. Keyword arguments are those of
     ``generate_stream``: temperature, top_k, top_p, min_p, repetition_penalty, stop_ids, seed,
-    generator, use_cache, window_keep, compile.
+    generator, use_cache, window_keep, compile, on_step.
     """
     steps = []
     for nxt in generate_stream(model, idx, max_new_tokens, **kwargs):

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import causal_attention_weights
 from .config import GPTConfig
 from .generate import generate, generate_stream
 from .kv_cache import KVCache
@@ -56,6 +57,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.qk_norm, self.eps = config.qk_norm, config.norm_eps
+        self.gqa = self.n_kv_head != self.n_head
         kv_dim = self.n_kv_head * self.head_dim
         # one matmul for queries, keys and values; with GQA, keys/values are narrower
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * kv_dim, bias=config.bias)
@@ -63,9 +65,10 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
-                kv_cache: KVCache | None, layer: int, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        B, T, C = x.size()
+    def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, nh, T, hs), keys and values (B, nkv, T, hs) of x (B, T, C): projected, QK-normed, rotated."""
+        B, T, _ = x.size()
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         # one view + one transpose for all heads, then split: 3 ops instead of 7 on the decode path
         qkv = self.c_attn(x).view(B, T, nh + 2 * nkv, hs).transpose(1, 2)  # (B, nh + 2 nkv, T, hs)
@@ -76,16 +79,27 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q = apply_rotary(q, *rope)
             k = apply_rotary(k, *rope)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
+                kv_cache: KVCache | None, layer: int, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.qkv(x, rope)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v, input_pos)  # (B, nkv, S, hs)
         # no mask means plain causal attention (or one new token, which may see everything)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=(nkv != nh),
+            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.gqa,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble all head outputs side by side (no copy if T == 1)
         y = self.c_proj(y)
         return self.resid_dropout(y) if self.dropout > 0 else y  # skipping a no-op module saves a call per layer
+
+    def weights(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """The (B, nh, T, T) causal attention weights this layer gives x (B, T, C), spelled out (fp32)."""
+        q, k, _ = self.qkv(x, rope)
+        return causal_attention_weights(q, k)
 
 
 class MLP(nn.Module):
@@ -173,6 +187,20 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:  # keep the tie even if someone re-created a tensor
             self.transformer.wte.weight = self.lm_head.weight
 
+    def embed(self, idx: torch.Tensor, positions: torch.Tensor,
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token (+ learned position) embeddings x (B, T, C) of ``idx`` at ``positions`` (T,), and the
+        rotary tables for those positions (None for learned positions)."""
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.config.pos_emb == "learned":
+            x = x + self.transformer.wpe(positions)  # (T, C) broadcast over B
+        rope = None
+        if self.config.pos_emb == "rope":
+            rope = (self.rope_cos[positions], self.rope_sin[positions])  # (T, hs/2) each
+        if self.config.dropout > 0:
+            x = self.transformer.drop(x)
+        return x, rope
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache: KVCache | None = None,
                 last_only: bool = False, input_pos: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -192,12 +220,7 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"cannot attend over {start + T} tokens: block_size is {self.config.block_size}")
         positions = input_pos if static else self.pos_ids.narrow(0, start, T)  # (T,)
-        x = self.transformer.wte(idx)  # (B, T, C)
-        if self.config.pos_emb == "learned":
-            x = x + self.transformer.wpe(positions)  # (T, C) broadcast over B
-        rope = None
-        if self.config.pos_emb == "rope":
-            rope = (self.rope_cos[positions], self.rope_sin[positions])  # (T, hs/2) each
+        x, rope = self.embed(idx, positions)
         # SDPA's is_causal aligns its mask top-left, which is only right when queries and keys
         # start together; otherwise spell the mask out (None = plain causal, or one token
         # attending to everything before it).
@@ -206,8 +229,6 @@ class GPT(nn.Module):
             mask = torch.arange(kv_cache.max_len, device=idx.device) <= input_pos.view(T, 1)  # (T, max_len)
         elif start > 0 and T > 1:  # a chunk after a cache: query i sits at absolute position start + i
             mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)  # (T, S)
-        if self.config.dropout > 0:
-            x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, rope, mask, kv_cache, layer, input_pos)
         x = self.transformer.ln_f(x)
@@ -221,6 +242,30 @@ class GPT(nn.Module):
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> torch.Tensor:
+        """Every layer's and head's attention weights for ``idx`` (B, T): (n_layer, B, n_head, T, T), fp32.
+
+        A plain forward (eval mode, no cache, no dropout) runs layer by layer; at each layer the
+        weights are spelled out from that layer's own queries and keys (model/attention.py), so
+        ``weights @ V`` is what the layer's SDPA call computed. Row i of a map is how token i
+        spreads its attention over tokens 0..i; entries above the diagonal are 0.
+        """
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"cannot attend over {T} tokens: block_size is {self.config.block_size}")
+        was_training = self.training
+        self.eval()
+        try:
+            x, rope = self.embed(idx, self.pos_ids.narrow(0, 0, T))
+            maps = []
+            for layer, block in enumerate(self.transformer.h):
+                maps.append(block.attn.weights(block.ln_1(x), rope))  # (B, nh, T, T)
+                x = block(x, rope, None, None, layer)
+        finally:
+            self.train(was_training)
+        return torch.stack(maps)
 
     # ------------------------------------------------------------------ bookkeeping
 

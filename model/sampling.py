@@ -77,6 +77,15 @@ def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | 
     return probs
 
 
+def sampled_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                         top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
+    """(B, V) the distribution ``sample_next`` draws from, normalised: one-hot on the argmax when greedy."""
+    if temperature == 0:
+        return torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
+    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, min_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:

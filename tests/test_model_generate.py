@@ -210,6 +210,25 @@ def test_stream_callback_and_tensor_forms_agree(use_cache: bool) -> None:
     assert torch.equal(torch.stack(list(generate_stream(model, idx, 40, **kw)), dim=1), streamed)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_on_step_sees_the_logits_sampled_from_and_changes_nothing(use_cache: bool) -> None:
+    model = tiny("modern")
+    idx = prompt(2, 5, seed=12)
+    kw = dict(temperature=0.8, top_k=10, repetition_penalty=1.3, seed=5, use_cache=use_cache)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    out = model.generate(idx, 12, on_step=lambda logits, nxt: seen.append((logits.clone(), nxt.clone())), **kw)
+    assert torch.equal(out, model.generate(idx, 12, **kw))  # the hook does not disturb the draws
+    assert len(seen) == 12
+    for step, (logits, nxt) in enumerate(seen):
+        n = 5 + step
+        assert torch.equal(nxt, out[:, n])
+        with torch.no_grad():  # the reference: a full forward, then the CTRL penalty on the tokens so far
+            ref = model(out[:, :n])[0][:, -1]
+        penalised = torch.where(ref > 0, ref / 1.3, ref * 1.3)
+        seen_mask = torch.zeros_like(ref, dtype=torch.bool).scatter_(1, out[:, :n], True)
+        torch.testing.assert_close(logits, torch.where(seen_mask, penalised, ref), rtol=0, atol=1e-5)
+
+
 def test_seed_and_generator_reproduce_and_differ() -> None:
     model = tiny("classic")
     idx = prompt(2, 3, seed=8)

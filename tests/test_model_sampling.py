@@ -9,23 +9,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.sampling import apply_repetition_penalty, check_sampling_args, filtered_probs, sample_next
+from model.sampling import apply_repetition_penalty, check_sampling_args, sample_next, sampled_distribution
 from runtime.errors import ConfigError
 
 
 def logits_of(probs: list[float]) -> torch.Tensor:
     """(1, V) logits whose softmax is ``probs``."""
     return torch.tensor([probs], dtype=torch.float64).log()
-
-
-def next_token_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                            top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
-    """The exact (B, V) distribution ``sample_next`` draws from: ``filtered_probs`` normalised
-    (a one-hot argmax at temperature 0)."""
-    if temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(dim=-1), logits.size(-1)).to(logits.dtype)
-    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
-    return probs / probs.sum(dim=-1, keepdim=True)
 
 
 def support(dist: torch.Tensor) -> list[int]:
@@ -36,13 +26,13 @@ def test_temperature_scales_the_softmax() -> None:
     logits = torch.tensor([[1.0, 2.0, -0.5, 0.0]])
     for t in (0.5, 1.0, 2.5):
         ref = torch.tensor([math.exp(x / t) for x in logits[0].tolist()])
-        torch.testing.assert_close(next_token_distribution(logits, temperature=t)[0], ref / ref.sum())
+        torch.testing.assert_close(sampled_distribution(logits, temperature=t)[0], ref / ref.sum())
 
 
 def test_temperature_zero_is_argmax_and_never_divides() -> None:
     logits = torch.tensor([[0.1, 3.0, -1.0], [5.0, 5.0 - 1e-3, 0.0], [float("-inf"), 0.0, 1.0]])
     assert sample_next(logits, temperature=0.0).tolist() == [1, 0, 2]
-    dist = next_token_distribution(logits, temperature=0.0)
+    dist = sampled_distribution(logits, temperature=0.0)
     assert torch.equal(dist, torch.eye(3)[[1, 0, 2]])
     assert torch.isfinite(dist).all()
 
@@ -50,42 +40,42 @@ def test_temperature_zero_is_argmax_and_never_divides() -> None:
 def test_top_k_keeps_exactly_k_even_with_ties() -> None:
     logits = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.0, 2.0]])
     for k in (1, 2, 3):
-        kept = support(next_token_distribution(logits, top_k=k))
+        kept = support(sampled_distribution(logits, top_k=k))
         assert len(kept) == k and set(kept) <= {1, 2, 3}
-    assert support(next_token_distribution(logits, top_k=4)) == [1, 2, 3, 5]
+    assert support(sampled_distribution(logits, top_k=4)) == [1, 2, 3, 5]
     # the survivors keep their relative probabilities
-    dist = next_token_distribution(logits, top_k=4)[0]
+    dist = sampled_distribution(logits, top_k=4)[0]
     e = [math.exp(3.0)] * 3 + [math.exp(2.0)]
     torch.testing.assert_close(dist[[1, 2, 3, 5]], torch.tensor(e) / sum(e))
     for k in (0, None, 6, 100):  # off, or no smaller than the vocabulary
-        assert len(support(next_token_distribution(logits, top_k=k))) == 6
+        assert len(support(sampled_distribution(logits, top_k=k))) == 6
 
 
 @pytest.mark.parametrize("p, kept", [(0.5, [0]), (0.51, [0, 1]), (0.8, [0, 1]), (0.81, [0, 1, 2]), (1.0, [0, 1, 2])])
 def test_top_p_keeps_smallest_set_reaching_p(p: float, kept: list[int]) -> None:
-    dist = next_token_distribution(logits_of([0.5, 0.3, 0.2]), top_p=p)
+    dist = sampled_distribution(logits_of([0.5, 0.3, 0.2]), top_p=p)
     assert support(dist) == kept
     ref = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)[kept]
     torch.testing.assert_close(dist[0, kept], ref / ref.sum())
 
 
 def test_top_p_order_does_not_matter_and_top_token_survives() -> None:
-    dist = next_token_distribution(logits_of([0.2, 0.5, 0.3]), top_p=0.8)
+    dist = sampled_distribution(logits_of([0.2, 0.5, 0.3]), top_p=0.8)
     assert support(dist) == [1, 2]
-    dist = next_token_distribution(logits_of([0.05, 0.9, 0.05]), top_p=1e-6)
+    dist = sampled_distribution(logits_of([0.05, 0.9, 0.05]), top_p=1e-6)
     assert support(dist) == [1]
 
 
 @pytest.mark.parametrize("min_p, kept", [(0.0, [0, 1, 2, 3]), (0.2, [0, 1, 2]), (0.35, [0, 1]), (0.7, [0]), (1.0, [0])])
 def test_min_p_threshold_is_relative_to_the_top_token(min_p: float, kept: list[int]) -> None:
     # threshold = min_p * 0.5: 0.1 keeps 0.15; 0.175 drops it; 0.35 drops 0.3
-    dist = next_token_distribution(logits_of([0.5, 0.3, 0.15, 0.05]), min_p=min_p)
+    dist = sampled_distribution(logits_of([0.5, 0.3, 0.15, 0.05]), min_p=min_p)
     assert support(dist) == kept
 
 
 def test_filters_compose_in_order() -> None:
     # temperature 1, top_k=3 -> [0.5, 0.3, 0.15]/0.95; top_p=0.8 -> needs 0.5/0.95 + 0.3/0.95 = 0.842 -> 2 tokens
-    dist = next_token_distribution(logits_of([0.5, 0.3, 0.15, 0.05]), top_k=3, top_p=0.8)
+    dist = sampled_distribution(logits_of([0.5, 0.3, 0.15, 0.05]), top_k=3, top_p=0.8)
     assert support(dist) == [0, 1]
     torch.testing.assert_close(dist[0, :2], torch.tensor([0.625, 0.375], dtype=torch.float64))
 
@@ -113,7 +103,7 @@ def test_seeded_draws_are_reproducible() -> None:
 @pytest.mark.parametrize("kwargs", [dict(), dict(temperature=0.7, top_k=5), dict(top_p=0.9), dict(min_p=0.1, temperature=1.3)])
 def test_empirical_frequencies_match_the_distribution(kwargs: dict) -> None:
     logits = torch.randn(1, 12, generator=torch.Generator().manual_seed(3)) * 1.5
-    dist = next_token_distribution(logits, **kwargs)[0].double()
+    dist = sampled_distribution(logits, **kwargs)[0].double()
     n = 40_000
     draws = sample_next(logits.expand(n, -1), generator=torch.Generator().manual_seed(4), **kwargs)
     counts = torch.bincount(draws, minlength=12).double()
@@ -156,16 +146,16 @@ def test_valid_sampling_values_pass_the_check() -> None:
 def test_filtered_distribution_properties(probs: list[float], p: float, k: int) -> None:
     total = sum(probs)
     logits = logits_of([x / total for x in probs])
-    base = next_token_distribution(logits)[0]
+    base = sampled_distribution(logits)[0]
     # top-k: min(k, V) survivors (0 = off), all at least as likely as any dropped token
-    dist = next_token_distribution(logits, top_k=k)[0]
+    dist = sampled_distribution(logits, top_k=k)[0]
     assert dist.sum().item() == pytest.approx(1.0)
     n_kept = int((dist > 0).sum())
     assert n_kept == (min(k, len(probs)) if k else len(probs))
     if n_kept < len(probs):
         assert base[dist > 0].min() >= base[dist == 0].max()
     # top-p: the kept set reaches p, and dropping its least likely member would not
-    dist = next_token_distribution(logits, top_p=p)[0]
+    dist = sampled_distribution(logits, top_p=p)[0]
     kept = base[dist > 0]
     assert kept.sum().item() >= p - 1e-6
     assert kept.sum().item() - kept.min().item() < p + 1e-6

@@ -338,7 +338,8 @@ def test_ctrl_c_keeps_printed_text_and_exits_130(ckpt):
     assert len(first + rest) > 1 and rest.endswith(b"\n")
 
 
-def test_init_from_local_hugging_face_gpt2_folder_uses_gpt2_tokenizer(tmp_path, gpt2_ranks):
+def hf_gpt2_folder(folder: Path) -> Path:
+    """A tiny random GPT-2 saved as Hugging Face saves it (Conv1D weights, tied head, config.json)."""
     torch = pytest.importorskip("torch")
     from safetensors.torch import save_file
 
@@ -351,12 +352,103 @@ def test_init_from_local_hugging_face_gpt2_folder_uses_gpt2_tokenizer(tmp_path, 
     model = GPT(config_from_hf(hf))
     tensors = {k.removeprefix("transformer."): (v.t() if k.endswith(_CONV1D) else v).contiguous()
                for k, v in model.state_dict().items() if k != "lm_head.weight"}  # HF layout: Conv1D, tied head
-    save_file(tensors, str(tmp_path / "model.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps(hf), encoding="utf-8")
-    proc = ok(sample("--init_from", str(tmp_path), "--prompt", "Hello, world", "--max_new_tokens=5", "--seed=0",
+    save_file(tensors, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(hf), encoding="utf-8")
+    return folder
+
+
+def test_init_from_local_hugging_face_gpt2_folder_uses_gpt2_tokenizer(tmp_path, gpt2_ranks):
+    folder = hf_gpt2_folder(tmp_path)
+    proc = ok(sample("--init_from", str(folder), "--prompt", "Hello, world", "--max_new_tokens=5", "--seed=0",
                      env={"QUILLGPT_GPT2_RANKS": str(gpt2_ranks)}))
     assert text(proc).startswith("Hello, world")
     assert "gpt2 tokenizer (50257 tokens)" in err(proc)
+
+
+# ---------------------------------------------------------------------------- --attention
+
+
+def page_data(path: Path) -> dict:
+    """The JSON the attention page's script reads."""
+    page = path.read_text(encoding="utf-8")
+    m = re.search(r'<script type="application/json" id="attention-data">(.*?)</script>', page, re.S)
+    return json.loads(m.group(1))
+
+
+def model_maps(folder: Path, ids: list[int]):
+    """(L, H, T, T) attention maps of ``ids``, computed here from the saved model."""
+    import torch
+
+    from model.checkpoint import from_pretrained
+
+    return from_pretrained(str(folder)).attention_maps(torch.tensor([ids]))[:, 0].numpy()
+
+
+def assert_page_matches(data: dict, maps) -> None:
+    import numpy as np
+
+    L, H, T, _ = maps.shape
+    assert (data["n_layer"], data["n_head"], len(data["tokens"])) == (L, H, T)
+    for layer in range(L):
+        for head in range(H):
+            for i in (0, T // 2, T - 1):
+                row = np.array(data["attn"][layer][head][i]) / data["scale"]
+                np.testing.assert_allclose(row, maps[layer, head, i, :i + 1], atol=0.5 / data["scale"])
+
+
+def test_attention_html_and_png_draw_sample_one_and_change_no_text(ckpt, tmp_path):
+    from PIL import Image
+
+    from data.tokenizer import load_tokenizer
+
+    base = ("--out_dir", str(ckpt["char"]), "--prompt", "to be", "--max_new_tokens=24", "--seed=4",
+            "--temperature=1.2", "--top_k=8", "--num_samples=2")
+    plain, html, png = map(ok, sample_many(base, (*base, f"--attention={tmp_path / 'a.html'}"),
+                                           (*base, f"--attention={tmp_path / 'a.png'}")))
+    assert html.stdout == plain.stdout == png.stdout  # recording the choices changes no draw
+    first = text(html).split(SEPARATOR)[0].removesuffix("\n")
+    data = page_data(tmp_path / "a.html")
+    assert "".join(data["texts"]) == first and data["first_generated"] == len("to be")  # sample 1, every token
+    folder = ckpt["char"] / "best"
+    tok = load_tokenizer(json.loads((folder / "config.json").read_text(encoding="utf-8"))["tokenizer"], folder)
+    assert data["ids"] == tok.encode(first)
+    assert_page_matches(data, model_maps(folder, data["ids"]))
+    cands = data["candidates"]
+    assert all(c is None for c in cands[:5]) and all(c["chosen"] == t for c, t in zip(cands[5:], data["ids"][5:]))
+    assert all(sum(c["p"]) <= 1.0 + 1e-6 and len(c["ids"]) == 5 for c in cands[5:])
+    assert data["settings"] == {"temperature": 1.2, "top_k": 8, "top_p": 1.0, "min_p": None}
+    assert "attention of sample 1 (29 tokens, 2 layers x 2 heads) written to" in err(html)
+    img = Image.open(tmp_path / "a.png")
+    assert img.format == "PNG" and img.width > 500 and len(img.convert("RGB").getcolors(1 << 20)) > 50
+
+
+def test_attention_page_of_bpe_and_gpt2_tokens(ckpt, tmp_path, gpt2_ranks):
+    gpt2 = hf_gpt2_folder(tmp_path)
+    bpe, hf = map(ok, sample_many(
+        ("--out_dir", str(ckpt["bpe"]), "--prompt", "猫が", "--max_new_tokens=12", "--seed=1",
+         f"--attention={tmp_path / 'bpe.html'}"),
+        ("--init_from", str(gpt2), "--gpt2_ranks", str(gpt2_ranks), "--prompt", "Hello, world",
+         "--max_new_tokens=6", "--seed=0", "--temperature=0", f"--attention={tmp_path / 'gpt2.html'}")))
+    data = page_data(tmp_path / "bpe.html")
+    assert "".join(data["tokens"]).startswith("\\xe7")  # 猫 is cut across byte tokens: shown as bytes
+    assert_page_matches(data, model_maps(ckpt["bpe"], data["ids"]))
+    data = page_data(tmp_path / "gpt2.html")
+    assert data["tokens"][:3] == ["Hello", ",", "·world"] and data["first_generated"] == 3
+    assert_page_matches(data, model_maps(gpt2, data["ids"]))
+    # greedy: the drawn token is the top candidate, with probability 1 in the distribution sampled from
+    assert all(c["chosen"] == c["ids"][0] and c["p"][0] == 1.0 for c in data["candidates"][3:])
+
+
+@pytest.mark.parametrize("where, message", [("a.svg", "must end in .png"), ("missing/a.html", "no such folder")])
+def test_attention_bad_path_is_one_line_exit_2_after_the_samples(ckpt, tmp_path, where, message):
+    proc = sample("--out_dir", str(ckpt["char"]), "--prompt", "to be", "--max_new_tokens=20", "--seed=2",
+                  f"--attention={tmp_path / where}")
+    assert proc.returncode == 2, err(proc)
+    assert text(proc).startswith("to be") and len(text(proc)) == len("to be") + 21  # the sample was printed
+    errors = [line for line in err(proc).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "--attention=" in errors[0]
+    assert err(proc).rstrip().endswith(errors[0]) and "Traceback" not in err(proc)
+    assert not (tmp_path / where).exists()
 
 
 # ---------------------------------------------------------------------------- mistakes: one line, exit 2

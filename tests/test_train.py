@@ -135,7 +135,7 @@ def test_short_run_memorises_the_text_and_writes_the_run_folder(tmp_path: Path, 
     events = logs(out)
     assert events[-1]["loss"] < 0.3 * events[0]["loss"], (events[0]["loss"], events[-1]["loss"])
     assert res["iters"] == 150 and res["val_loss"] is not None and res["stopped"] == "done"
-    for name in ("model.safetensors", "config.json", "train_state.pt", "metrics.jsonl", "loss.png",
+    for name in ("model.safetensors", "config.json", "train_state.pt", "metrics.jsonl", "loss.png", "attention.png",
                  "best/model.safetensors", "best/config.json"):
         assert (out / name).is_file(), name
     meta = json.loads((out / "config.json").read_text(encoding="utf-8"))
@@ -342,8 +342,21 @@ def test_wandb_offline_logs_into_the_run_folder(tmp_path: Path, corpus, monkeypa
     for key in ("train/loss", "val/loss", "lr", "grad_norm", "tokens_per_sec", "flops_per_sec", "tokens"):
         assert key in keys, (key, sorted(keys))
     assert any(k.startswith("sample") for k in keys), sorted(keys)  # the generated text, as wandb.Html
+    assert any(k.startswith("attention") for k in keys), sorted(keys)  # the attention grid, as wandb.Image
+    images = list(files[0].parent.glob("files/media/images/attention_*.png"))
+    assert len(images) == 3 and all(p.read_bytes().startswith(b"\x89PNG") for p in images)  # evals at 0, 2, 4
     state = load_train_state(tmp_path / "out")
     assert state["wandb_id"] and files[0].name == f"run-{state['wandb_id']}.wandb"
+
+
+def test_attention_png_is_the_evals_picture_and_can_be_turned_off(tmp_path: Path, corpus) -> None:
+    from PIL import Image
+
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2"))
+    img = Image.open(tmp_path / "out" / "attention.png")
+    assert img.format == "PNG" and len(img.convert("RGB").getcolors(1 << 20)) > 50  # 2 layers x 2 heads of heatmaps
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2", "--attention_png=false", out="off"))
+    assert (tmp_path / "off" / "loss.png").is_file() and not (tmp_path / "off" / "attention.png").exists()
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, corpus) -> None:

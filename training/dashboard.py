@@ -147,6 +147,9 @@ class WandbLogger:
     def log(self, data: dict[str, Any], step: int) -> None:
         self.run.log({k: v for k, v in data.items() if v is not None}, step=step)
 
+    def log_image(self, key: str, path: str | Path, step: int) -> None:
+        self.run.log({key: self.wandb.Image(str(path))}, step=step)
+
     def log_sample(self, text: str, step: int) -> None:
         import html
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
-from data.loader import BatchLoader
+from data.loader import BatchLoader, read_tokens
 from data.prepare import PrepareOptions, ensure_prepared, load_meta
 from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig
-from model.checkpoint import (BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state, model_config,
-                              save_model, save_train_state)
+from model.checkpoint import (ATTENTION_FILE, BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state,
+                              model_config, save_model, save_train_state)
 from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype
 from runtime.errors import CheckpointError, UsageError
 from training import dashboard
@@ -33,6 +33,9 @@ from training.evaluate import estimate_loss, sample_text
 from training.optim import configure_optimizers, lr_multiplier, set_lr
 from training.precision import cpu_bf16_pays
 from training.state import set_rng_state, train_state
+from viz.picture import attention_view, write_picture
+
+ATTENTION_PROMPT_TOKENS = 48  # the val split's first tokens: a fixed text whose attention is drawn at each eval
 
 
 def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
@@ -314,11 +317,28 @@ class Trainer:
         if text:
             self.metrics.write("sample", now, iter=it, text=text)
         dashboard.plot_losses(self.out_dir)
+        if cfg.attention_png:
+            self._draw_attention()
         if self.wb is not None:
             self.wb.log({"train/loss_eval": losses["train"], "val/loss": losses["val"], "tokens": self.tokens_seen},
                         step=it)
             if text:
                 self.wb.log_sample(text, it)
+
+    def _draw_attention(self) -> None:
+        """attention.png (and wandb's "attention" image): every layer's and head's weights over the val split's
+        first tokens, the same text at every eval, so the heads can be seen specialising as training goes on."""
+        n = min(ATTENTION_PROMPT_TOKENS, self.raw_model.config.block_size)
+        ids = read_tokens(self.data_folder / "val.bin")[:n].tolist()
+        if len(ids) < 2:
+            return
+        view = attention_view(self.raw_model, self.tokenizer, ids, len(ids),
+                              title=f"{self.out_dir}: attention at iteration {self.iter_num} (val split, first "
+                                    f"{len(ids)} tokens)")
+        path = self.out_dir / ATTENTION_FILE
+        write_picture(path, view)
+        if self.wb is not None:
+            self.wb.log_image("attention", path, self.iter_num)
 
     def _checkpoint_after_eval(self, val_loss: float) -> None:
         """best/ when val improved; the latest checkpoint always (or when improved, or at the end)."""
