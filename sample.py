@@ -383,19 +383,6 @@ def set_threads(requested: int, n_params: int, compiled: bool) -> None:
         torch.set_num_threads(1)
 
 
-def mask_padded_vocab(model: "torch.nn.Module", vocab_size: int) -> None:
-    """Never sample ids the tokenizer cannot decode (a head padded to a multiple of 64, say)."""
-    if model.config.vocab_size <= vocab_size:
-        return
-
-    def hook(_module: Any, _inputs: Any, output: tuple) -> tuple:
-        logits, loss = output
-        logits[..., vocab_size:] = float("-inf")
-        return logits, loss
-
-    model.register_forward_hook(hook)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -423,7 +410,8 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     stream = generate_stream(model, idx, o.max_new_tokens, temperature=o.temperature, top_k=o.top_k or None,
                              top_p=o.top_p, min_p=o.min_p or None,
                              repetition_penalty=None if o.repetition_penalty == 1.0 else o.repetition_penalty,
-                             generator=generator, compile=o.compile)
+                             generator=generator, compile=o.compile,
+                             vocab_limit=tok.vocab_size)  # never ids the tokenizer cannot decode (padded head rows)
     steps = 0
     t0 = time.perf_counter()
     marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
@@ -500,7 +488,6 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     model.eval().to(device)
     if device.type == "cpu":
         set_threads(o.threads, model.num_params(), o.compile)
-    mask_padded_vocab(model, tok.vocab_size)
     log(f"checkpoint {source.label}: {model.num_params() / 1e6:.2f}M parameters, context {model.config.block_size}, "
         f"{tok.kind} tokenizer ({tok.vocab_size} tokens)")
     n_threads = torch.get_num_threads()

@@ -94,8 +94,12 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
                     top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                     repetition_penalty: float | None = None, stop_ids: list[int] | None = None,
                     seed: int | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
-                    window_keep: int | None = None, compile: bool = False) -> Iterator[torch.Tensor]:
+                    window_keep: int | None = None, compile: bool = False,
+                    vocab_limit: int | None = None) -> Iterator[torch.Tensor]:
     """Yield each step's sampled tokens, (B,) int64, for up to ``max_new_tokens`` steps.
+
+    ``vocab_limit``: only ids below it are sampled (a head padded past the tokenizer's vocabulary
+    has rows no tokenizer can decode).
 
     A row that samples one of ``stop_ids`` is finished: it keeps repeating that token, and
     the stream ends early once every row is finished.
@@ -149,6 +153,8 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
             logits = compiled_decode_step()(model, nxt.view(B, 1), cache, pos.fill_(cache.pos))
             cache.advance(1)
         logits = logits.view(B, -1)  # (B, V)
+        if vocab_limit is not None and vocab_limit < logits.size(-1):
+            logits[:, vocab_limit:] = float("-inf")  # padded ids
         if seen is not None:
             logits = apply_repetition_penalty(logits, seen, repetition_penalty)
         nxt = sample_next(logits, temperature, top_k, top_p, min_p, generator=gen)  # (B,)
@@ -171,7 +177,7 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
     ``callback`` (if given) receives each step's (B,) tokens as they are sampled. ``new`` is
     ``max_new_tokens`` unless every row hit a stop id first. Keyword arguments are those of
     ``generate_stream``: temperature, top_k, top_p, min_p, repetition_penalty, stop_ids, seed,
-    generator, use_cache, window_keep, compile.
+    generator, use_cache, window_keep, compile, vocab_limit.
     """
     steps = []
     for nxt in generate_stream(model, idx, max_new_tokens, **kwargs):

@@ -17,9 +17,10 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch):
-    """torch.cuda present, with a compute capability the test chooses."""
+    """torch.cuda present (four GPUs), with a compute capability the test chooses."""
     capability = {"value": (8, 0)}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
     return capability
 
