@@ -394,3 +394,40 @@ def test_wandb_online_without_credentials_falls_back_to_offline(tmp_path: Path, 
     assert "offline" in capsys.readouterr().err
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb"))
 
+
+
+def torchrun(tmp_path: Path, argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(ROOT / "train.py"), *argv]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path: Path, corpus) -> None:
+    """--fsdp over gloo: 2 processes x batch 4 = 1 process x batch 8, over 2 micro-steps each, through a
+    resume (optimizer shards gathered into train_state.pt and scattered back), with a tied head (classic)."""
+    common = args(tmp_path, corpus, "--eval_interval=3", "--optimizer=adamw", "--model=classic",
+                  "--warmup_iters=2", "--gradient_accumulation_steps=2")
+    run([*common, "--max_iters=6", f"--out_dir={tmp_path / 'one'}"])
+    sharded = [*common, "--batch_size=4", "--fsdp", f"--out_dir={tmp_path / 'two'}"]
+    proc = torchrun(tmp_path, [*sharded, "--max_iters=3"])
+    assert "FSDP" in proc.stdout and "4 x 2 accum x 2 processes" in proc.stdout
+    assert load_train_state(tmp_path / "two")["sharded"] is True
+    torchrun(tmp_path, [f"--out_dir={tmp_path / 'two'}", "--init_from=resume", "--max_iters=6"])
+    a = [(e["iter"], e["loss"]) for e in logs(tmp_path / "one")]
+    b = [(e["iter"], e["loss"]) for e in logs(tmp_path / "two")]
+    assert [i for i, _ in a] == [i for i, _ in b] == list(range(1, 7))
+    assert [loss for _, loss in a] == pytest.approx([loss for _, loss in b], rel=1e-4, abs=1e-5)
+    from model import load_model
+
+    m1, _ = load_model(tmp_path / "one")  # one model.safetensors, gathered on rank 0
+    m2, _ = load_model(tmp_path / "two")
+    for (k, p1), p2 in zip(m1.state_dict().items(), m2.state_dict().values()):
+        torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=k)
+
+
+def test_fsdp_refuses_muon(capsys) -> None:
+    code, err = exit_code(["--fsdp", "--optimizer=muon"], capsys)
+    assert code == 2 and err == ("error: --fsdp shards every matrix across processes, and Muon orthogonalises whole "
+                                 "matrices; use --optimizer=adamw with --fsdp")
