@@ -92,6 +92,30 @@ def test_auto_on_cuda_follows_native_bf16(fake_cuda, capability, dtype) -> None:
     assert resolve_dtype("auto", torch.device("cuda", 0)) is dtype
 
 
+def test_emulated_bf16_does_not_count(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T4 (7.5): torch.cuda.is_bf16_supported() says True (it counts emulation), but fp16 + GradScaler
+    is the fast path there."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    fake_cuda["value"] = (7, 5)
+    assert resolve_dtype("auto", "cuda:0") is torch.float16
+
+
+def test_a_fixed_gpu_under_torchrun_is_refused(fake_cuda) -> None:
+    """--device=cuda:1 in every process of a torchrun job would put them all on GPU 1."""
+    assert resolve_device("cuda", local_rank=3, distributed=True) == "cuda:3"
+    assert resolve_device("auto", local_rank=2, distributed=True) == "cuda:2"
+    with pytest.raises(DeviceError) as e:
+        resolve_device("cuda:1", local_rank=2, distributed=True)
+    assert str(e.value) == ("--device=cuda:1 under torchrun would put every process on GPU 1; use --device=cuda "
+                            "(each process takes its LOCAL_RANK's GPU), and CUDA_VISIBLE_DEVICES to pick GPUs")
+
+
+@pytest.mark.parametrize("name, rank", [("cuda:4", 0), ("cuda", 4), ("cuda:x", 0)])
+def test_a_gpu_this_machine_lacks_is_refused(fake_cuda, name: str, rank: int) -> None:
+    with pytest.raises(DeviceError, match=f"--device={name}: this machine has 4 CUDA GPU"):
+        resolve_device(name, local_rank=rank)
+
+
 def test_autocast_float32_is_a_no_op() -> None:
     a, b = torch.randn(4, 8), torch.randn(8, 3)
     with autocast("cpu", torch.float32):

@@ -351,7 +351,7 @@ def test_wandb_offline_logs_into_the_run_folder(tmp_path: Path, corpus, monkeypa
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, corpus) -> None:
-    common = args(tmp_path, corpus, "--max_iters=6", "--eval_interval=100", "--optimizer=adamw")
+    common = args(tmp_path, corpus, "--max_iters=6", "--eval_interval=100", "--optimizer=adamw", "--peak_flops=1e9")
     one = [a if not a.startswith("--batch_size") else "--batch_size=16" for a in common]
     run([*one, f"--out_dir={tmp_path / 'one'}"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -363,6 +363,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     b = [e["loss"] for e in logs(tmp_path / "two")]
     assert len(a) == len(b) == 6
     assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    for e in logs(tmp_path / "two")[1:]:  # MFU is per device: the job's FLOP/s over 2 processes' peaks
+        assert e["mfu"] == pytest.approx(e["flops_per_sec"] / 2 / 1e9)
     from model import load_model
 
     m1, _ = load_model(tmp_path / "one")
