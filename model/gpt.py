@@ -76,6 +76,9 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q = apply_rotary(q, *rope)
             k = apply_rotary(k, *rope)
+        # attention runs in v's dtype (autocast's, or the weights'); CUDA's autocast runs rms_norm in fp32,
+        # which would leave q and k fp32 beside a bf16 v, and the KV cache twice as large
+        q, k = q.to(v.dtype), k.to(v.dtype)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v, input_pos)  # (B, nkv, S, hs)
         # no mask means plain causal attention (or one new token, which may see everything)

@@ -295,3 +295,74 @@ def test_sampling_arguments_are_checked_once_per_generation(monkeypatch: pytest.
     assert out.shape == (1, 22) and len(calls) == 1  # not once per token
     with pytest.raises(ConfigError, match="top_k must be >= 0"):
         tiny("classic").generate(prompt(1, 2), 5, top_k=-1)
+
+
+@pytest.fixture
+def cuda_autocast_rms_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's autocast (torch >= 2.12) runs rms_norm in fp32; CPU's keeps bf16. Make CPU do what CUDA does."""
+    import torch.nn.functional as F
+
+    real = F.rms_norm
+
+    def fp32_under_autocast(x, *args, **kwargs):
+        if torch.is_autocast_enabled("cpu"):
+            return real(x.float(), *args, **kwargs)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "rms_norm", fp32_under_autocast)
+
+
+@torch.no_grad()
+def test_kv_cache_holds_the_attention_dtype_under_a_cuda_like_autocast(cuda_autocast_rms_norm) -> None:
+    """modern (QK-norm): k leaves the norm in fp32 while v is bf16; the cache must be bf16 (half the memory,
+    and one dtype for the compiled step's index_copy_), and cached decoding must match the full forward."""
+    model = tiny("modern")
+    idx = prompt(1, 12, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F_rms_norm_is_fp32()
+        full = model(idx)[0][:, -1]  # (1, V)
+        cache = model.new_kv_cache(1)
+        model(idx[:, :-1], kv_cache=cache)
+        cache.advance(11)
+        step = model(idx[:, -1:], kv_cache=cache)[0][:, -1]
+    assert cache.k.dtype == cache.v.dtype == torch.bfloat16
+    torch.testing.assert_close(step, full, rtol=0.05, atol=0.05)
+    assert torch.equal(step.argmax(-1), full.argmax(-1))
+
+
+def F_rms_norm_is_fp32() -> bool:
+    return torch.nn.functional.rms_norm(torch.ones(2, 4, dtype=torch.bfloat16), (4,)).dtype == torch.float32
+
+
+def test_fixed_shape_cache_write_under_a_cuda_like_autocast(cuda_autocast_rms_norm) -> None:
+    """The compiled step's write (index_copy_ at input_pos) needs one dtype for cache and keys: with fp32
+    keys for a cache of v's bf16 it failed on CUDA (`sample.py --compile`, modern checkpoint)."""
+    model = tiny("modern")
+    idx = prompt(1, 8, seed=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(idx)[0][:, -1]
+        cache = model.new_kv_cache(1)
+        model(idx[:, :-1], kv_cache=cache)
+        cache.advance(7)
+        step = model(idx[:, -1:], kv_cache=cache, input_pos=torch.tensor([7]))[0][:, -1]
+    assert cache.k.dtype == torch.bfloat16
+    torch.testing.assert_close(step, full, rtol=0.05, atol=0.05)
+
+
+def test_compiled_decoding_under_a_cuda_like_autocast(cuda_autocast_rms_norm, monkeypatch) -> None:
+    """`sample.py --compile` with a modern checkpoint on CUDA, compiled for real: a bf16 cache, and the
+    tokens of eager decoding."""
+    import torch._dynamo
+
+    needs_cpu_compiler()
+    model = tiny("modern", block_size=64)
+    caches = []
+    new_cache = model.new_kv_cache
+    monkeypatch.setattr(model, "new_kv_cache", lambda *a, **k: caches.append(new_cache(*a, **k)) or caches[-1])
+    idx = prompt(1, 5, seed=6)
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compiled = model.generate(idx, 12, temperature=0.0, compile=True)
+        eager = model.generate(idx, 12, temperature=0.0)
+    assert caches[0].k.dtype == caches[0].v.dtype == torch.bfloat16
+    assert torch.equal(compiled, eager)
