@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
-from runtime.atomic import atomic_open, atomic_write_bytes, atomic_write_json
+from runtime.atomic import atomic_open, atomic_path, atomic_write_json
 from runtime.errors import CheckpointError
 
 from .config import GPTConfig
@@ -190,7 +190,8 @@ def save_model(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any]
     ``tensors``: the state dict to write when it was gathered elsewhere (see ``state_tensors``).
     """
     folder = Path(folder)
-    atomic_write_bytes(folder / WEIGHTS_FILE, save(state_tensors(model, tensors), metadata={"format": "pt"}))
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:  # streamed from the tensors: no copy of the model in memory
+        save_file(state_tensors(model, tensors), str(tmp), metadata={"format": "pt"})
     atomic_write_json(folder / CONFIG_FILE, {"model": unwrap(model).config.to_dict(), **(extra or {})})
 
 
