@@ -387,8 +387,10 @@ def set_threads(requested: int, n_params: int, compiled: bool) -> None:
 
 
 def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], prompt_text: str,
-                  device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO) -> int:
-    """Run the batch, print the samples, report speed on stderr; returns the exit code."""
+                  device: "torch.device", autocast_dtype: "torch.dtype", seed: int, out: BinaryIO) -> int:
+    """Run the batch, print the samples, report speed on stderr; returns the exit code.
+
+    ``autocast_dtype``: float32 for none (weights already in the compute dtype, or fp32 throughout)."""
     import torch
 
     from model.generate import generate_stream
@@ -416,7 +418,7 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     t0 = time.perf_counter()
     marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
     try:
-        with autocast(device, dtype):
+        with autocast(device, autocast_dtype):
             for nxt in stream:
                 steps += 1
                 if len(marks) < 2:
@@ -473,6 +475,7 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     """Load the model onto the device and generate (the part that needs torch)."""
     import torch
 
+    from model.generate import cast_weights, decode_precision
     from runtime.device import resolve_device, resolve_dtype
 
     device = torch.device(resolve_device(o.device))
@@ -486,6 +489,9 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         raise UsageError(f"the checkpoint's tokenizer has {tok.vocab_size} tokens but its model only "
                          f"{model.config.vocab_size}: the run folder mixes files from different runs")
     model.eval().to(device)
+    weights_dtype, use_autocast = decode_precision(device.type, dtype)
+    if weights_dtype != torch.float32:  # CUDA: weights in the compute dtype, no autocast (see model/generate.py)
+        cast_weights(model, weights_dtype)
     if device.type == "cpu":
         set_threads(o.threads, model.num_params(), o.compile)
     log(f"checkpoint {source.label}: {model.num_params() / 1e6:.2f}M parameters, context {model.config.block_size}, "
@@ -495,7 +501,8 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     log(f"device {device.type}{threads}, {str(dtype).removeprefix('torch.')}, seed {seed}"
         + ("" if o.seed is not None else f" (pass --seed={seed} to repeat)"))
     try:
-        return write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer)
+        return write_samples(o, model, tok, ids, prompt_text, device, dtype if use_autocast else torch.float32, seed,
+                             sys.stdout.buffer)
     except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
