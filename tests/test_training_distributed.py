@@ -104,6 +104,25 @@ def test_ddp_options() -> None:
     assert ddp_kwargs("cpu", 1) == {"device_ids": None, "broadcast_buffers": False, "gradient_as_bucket_view": True}
 
 
+def test_nccl_is_bound_to_the_ranks_gpu_and_flags_go_over_gloo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA (faked: no NCCL here): init_process_group gets device_id, and a gloo group carries host flags."""
+    import torch.distributed as tdist
+
+    from training.distributed import init_process_group
+
+    calls = []
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)
+    monkeypatch.setattr(tdist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(tdist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(tdist, "new_group", lambda **kw: calls.append(("group", kw["backend"])) or "gloo-group")
+    dist = Dist(rank=5, local_rank=1, world_size=8)
+    init_process_group(dist, "cuda:1")
+    assert calls == [("init", {"backend": "nccl", "device_id": torch.device("cuda:1")}), ("group", "gloo")]
+    assert dist.control == "gloo-group"
+    init_process_group(Dist(), "cuda:0")  # one process: no group at all
+    assert len(calls) == 2
+
+
 # ---------------------------------------------------------------------------- two gloo processes
 
 
