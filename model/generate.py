@@ -158,6 +158,23 @@ def _mark_static(cache: KVCache) -> None:
         torch._dynamo.mark_static_address(t)
 
 
+def _check_generation(idx: torch.Tensor, max_new_tokens: int, block: int, window_keep: int | None,
+                      use_cache: bool, compile: bool) -> int:
+    """ValueError/DeviceError for arguments generation cannot use; returns the window_keep in force."""
+    if idx.dim() != 2 or idx.size(1) < 1:
+        raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1, got shape {tuple(idx.shape)}")
+    if max_new_tokens is None or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if compile and not use_cache:
+        raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
+    if compile:
+        check_can_compile(idx.device)
+    keep = block // 2 if window_keep is None else window_keep
+    if not 1 <= keep <= block:
+        raise ValueError(f"window_keep must be in [1, block_size={block}], got {window_keep}")
+    return keep
+
+
 @torch.inference_mode()
 def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
@@ -173,20 +190,10 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     A row that samples one of ``stop_ids`` is finished: it keeps repeating that token, and
     the stream ends early once every row is finished.
     """
-    if idx.dim() != 2 or idx.size(1) < 1:
-        raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1, got shape {tuple(idx.shape)}")
-    if max_new_tokens is None or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
-    if compile and not use_cache:
-        raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
-    if compile:
-        check_can_compile(idx.device)
     cfg = model.config
     block = cfg.block_size
-    keep = block // 2 if window_keep is None else window_keep
-    if not 1 <= keep <= block:
-        raise ValueError(f"window_keep must be in [1, block_size={block}], got {window_keep}")
+    keep = _check_generation(idx, max_new_tokens, block, window_keep, use_cache, compile)
 
     B, T0 = idx.shape
     device = idx.device

@@ -439,3 +439,17 @@ def test_compiled_sampling_matches_eager_sampling() -> None:
     eager = model.generate(idx, 30, **kwargs)
     assert torch.equal(compiled, eager)
     assert int(compiled[:, 4:].max()) < 50  # never a padded id
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_vocab_limit_never_samples_padded_ids(use_cache: bool) -> None:
+    """A head padded past the tokenizer (64 rows, 40 ids) whose padded rows dominate: never drawn."""
+    model = tiny("classic")
+    with torch.no_grad():
+        model.lm_head.weight[40:] *= 50  # tied: large padded logits
+    idx = prompt(3, 4, seed=10)
+    free = model.generate(idx, 20, temperature=1.0, seed=1, use_cache=use_cache)
+    assert int(free[:, 4:].max()) >= 40  # without the limit the padded ids win
+    for temperature in (0.0, 1.0):
+        limited = model.generate(idx, 20, temperature=temperature, seed=1, vocab_limit=40, use_cache=use_cache)
+        assert int(limited[:, 4:].max()) < 40

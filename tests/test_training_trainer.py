@@ -112,3 +112,18 @@ def test_throughput_leaves_out_the_first_step(tmp_path: Path) -> None:
 def test_scratch_models_pad_the_vocabulary_to_a_multiple_of_64(tmp_path: Path, tokens: int, padded: int) -> None:
     """nanoGPT's 50304 for GPT-2's 50257 tokens; a character vocabulary stays as it is."""
     assert scratch_config(tiny(tmp_path), tokens).vocab_size == padded
+
+
+def test_the_eval_sample_never_draws_a_padded_id() -> None:
+    """train.py's sample at each eval decodes its tokens: a padded id would be past the tokenizer's table."""
+    from conftest import random_model
+    from data.tokenizer import CharTokenizer
+    from model import GPTConfig
+    from training.evaluate import sample_text
+
+    tok = CharTokenizer(set("abcdefghijklmnopqrstuvwxyz .,;:!?'\n-ABCDE"))
+    model = random_model(GPTConfig.classic(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    with torch.no_grad():
+        model.lm_head.weight[tok.vocab_size:] *= 50  # the padded rows would win every draw
+    text = sample_text(model, tok, 30, "cpu", seed=0)
+    assert len(text) == 30 and set(text) <= set(tok.chars)

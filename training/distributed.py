@@ -243,10 +243,12 @@ def gather_objects(dist: Dist, obj: Any) -> list[Any]:
     return out
 
 
-def teardown(dist: Dist) -> None:
-    """Leave the process group; a barrier first, so no rank tears gloo down under a slower one's last save."""
+def teardown(dist: Dist, barrier: bool = True) -> None:
+    """Leave the process group; a barrier first (unless leaving on an error), so no rank tears gloo down
+    under a slower one's last save."""
     if not dist.ddp or not torch.distributed.is_initialized():
         return
-    with contextlib.suppress(RuntimeError):
-        torch.distributed.barrier(group=dist.control)
+    if barrier:
+        with contextlib.suppress(RuntimeError):
+            torch.distributed.barrier(group=dist.control)
     torch.distributed.destroy_process_group()

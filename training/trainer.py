@@ -474,18 +474,22 @@ class Trainer:
         return {**self.results, "iters": self.iter_num, "best_val_loss": best, "time": time.time() - self.t_start,
                 "tokens": self.tokens_seen, "stopped": self.stopped}
 
-    def close(self) -> None:
-        """End the dashboards and the process group; put the thread count back."""
+    def close(self, failed: bool = False) -> None:
+        """End the dashboards and the process group; put the thread count back.
+
+        ``failed``: leaving on an exception; then no closing barrier, which another rank still inside
+        a collective could take for its own (this process exits, and torchrun ends the others).
+        """
         self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.wb is not None:
             self.wb.finish()
-        teardown(self.dist)
+        teardown(self.dist, barrier=not failed)
         torch.set_num_threads(self.threads_before)
 
     def __enter__(self) -> "Trainer":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(failed=exc_type is not None)
