@@ -329,8 +329,8 @@ class Trainer:
         """
         cfg = self.cfg
         self._check_health()
-        losses = dict(zip(("train", "val"), mean_across_ranks(self.dist, list(
-            estimate_loss(self.raw_model, self.eval_loaders, cfg.eval_iters, self.autocast).values()))))
+        mine = estimate_loss(self.raw_model, self.eval_loaders, cfg.eval_iters, self.autocast)
+        losses = dict(zip(mine, mean_across_ranks(self.dist, list(mine.values()))))  # {"train": .., "val": ..}
         self.results.update(train_loss=losses["train"], val_loss=losses["val"])
         self.progress.message(f"eval @ iter {self.iter_num}: train loss {losses['train']:.4f}, "
                               f"val loss {losses['val']:.4f}")
