@@ -433,3 +433,29 @@ def test_fsdp_refuses_muon(capsys) -> None:
     code, err = exit_code(["--fsdp", "--optimizer=muon"], capsys)
     assert code == 2 and err == ("error: --fsdp shards every matrix across processes, and Muon orthogonalises whole "
                                  "matrices; use --optimizer=adamw with --fsdp")
+
+
+def test_sigterm_to_torchrun_saves_between_log_steps(tmp_path: Path, corpus) -> None:
+    """torchrun forwards SIGTERM to every rank and SIGKILLs them 30 s later: the ranks must agree to
+    stop at the next step, not at the next log step (here: never)."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
+           *args(tmp_path, corpus, "--max_iters=1000000", "--eval_interval=1000000", "--log_interval=1000000",
+                 "--optimizer=adamw")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env())
+    try:
+        deadline = time.time() + 120
+        for line in proc.stdout:  # rank 0's eval at iteration 0: training is under way
+            if line.startswith("eval @ iter 0"):
+                break
+            assert time.time() < deadline
+        time.sleep(1.0)
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.time() - t0 < 25  # well inside torchrun's 30 s
+    assert "stopped at iteration" in stdout and f"--init_from=resume --out_dir={out}" in stdout
+    assert load_train_state(out)["iter"] > 0

@@ -233,6 +233,8 @@ class Trainer:
                  f"{dtype_name(self.ptdtype)}, compile {self.use_compile}{', FSDP' if self.fsdp else ''}; "
                  f"data {self.data_folder} "
                  f"(vocab {self.meta['vocab_size']})")
+        if cfg.fsdp and not self.fsdp:
+            self.say("--fsdp: one process has nothing to shard with (start it with torchrun); training unsharded")
         self.say(f"global batch: {cfg.batch_size} x {cfg.gradient_accumulation_steps} accum x {dist.world_size} "
                  f"processes x {cfg.block_size} tokens = {self.tokens_per_iter:,} tokens/iter")
 
