@@ -154,6 +154,8 @@ def compiled_decode_step(device_type: str = "cpu") -> Callable:
 
 def _mark_static(cache: KVCache) -> None:
     """Tell torch.compile the cache tensors keep their addresses, so a CUDA graph may write them in place."""
+    import torch._dynamo
+
     for t in (cache.k, cache.v, *(x for pair in cache.layers for x in pair)):
         torch._dynamo.mark_static_address(t)
 

@@ -36,7 +36,8 @@ def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) ->
         raise DeviceError("--device=mps, but MPS is not available here; use --device=cpu (or auto)")
     if name.startswith("cuda:") and distributed:
         raise DeviceError(f"--device={name} under torchrun would put every process on GPU {name[5:]}; use "
-                          "--device=cuda (each process takes its LOCAL_RANK's GPU), and CUDA_VISIBLE_DEVICES to pick GPUs")
+                          "--device=cuda (each process takes its LOCAL_RANK's GPU), "
+                          "and CUDA_VISIBLE_DEVICES to pick GPUs")
     if name.startswith("cuda"):
         index = local_rank if name == "cuda" else int(name[5:]) if name[5:].isdigit() else -1
         if not 0 <= index < torch.cuda.device_count():

@@ -67,7 +67,8 @@ def test_device_peak_flops_override_table_and_cpu(monkeypatch: pytest.MonkeyPatc
     assert device_peak_flops("cuda:0", 1e12) == 1e12  # the override wins over the table
     name = {"value": ""}
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name["value"])
-    for gpu, peak in [("NVIDIA H100 NVL", 835e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+    for gpu, peak in [("NVIDIA H100 NVL", 835e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12),
+                      ("NVIDIA A100-SXM4-80GB", 312e12),
                       ("NVIDIA A10G", 125e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
                       ("NVIDIA GeForce RTX 4090", 165e12), ("Tesla T4", 65e12), ("Tesla V100-SXM2-16GB", 125e12)]:
         name["value"] = gpu
