@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime.device import DTYPES, autocast, cuda_has_native_bf16, dtype_name, resolve_device, resolve_dtype
+from runtime.device import (DTYPES, autocast, cuda_has_native_bf16, dtype_name, resolve_device, resolve_dtype,
+                            use_cuda_device)
 from runtime.errors import DeviceError
 
 
@@ -114,6 +115,18 @@ def test_a_fixed_gpu_under_torchrun_is_refused(fake_cuda) -> None:
 def test_a_gpu_this_machine_lacks_is_refused(fake_cuda, name: str, rank: int) -> None:
     with pytest.raises(DeviceError, match=f"--device={name}: this machine has 4 CUDA GPU"):
         resolve_device(name, local_rank=rank)
+
+
+def test_using_a_gpu_turns_on_tf32_the_current_way(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        use_cuda_device("cuda:2")
+        assert chosen == ["cuda:2"] and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_autocast_float32_is_a_no_op() -> None:

@@ -1,9 +1,11 @@
 """One training run in named phases: set up, step, evaluate and checkpoint, log, stop.
 
 ``train.py`` reads as the loop that calls these in order; ``bench/bench_train.py`` times the
-very ``step()`` that training runs. Setup happens in ``Trainer.__init__`` (device, data, model,
-precision, optimizers, loaders, resume, wrappers, run folder); ``close()`` (or leaving the
-``with`` block) ends the dashboards and the process group.
+very ``step()`` that training runs. Setup happens in ``Trainer.__init__`` (device, data, process
+group, model, precision, FSDP sharding, optimizers, loaders, resume, wrappers, run folder);
+``close()`` (or leaving the ``with`` block) ends the dashboards and the process group. What the
+ranks of a torchrun job do together (collectives, sharding, gathering the state) lives in
+``training/distributed.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from model import GPT, GPTConfig
 from model.config import padded_vocab_size
 from model.checkpoint import (BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state, model_config,
                               save_model, save_train_state)
-from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype
+from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype, use_cuda_device
 from runtime.errors import CheckpointError, ConfigError, UsageError
 from training import dashboard
 from training.config import ARCH_FIELDS, ARCH_SWITCHES, TrainConfig
@@ -82,8 +84,7 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist.local_rank, distributed=self.dist.ddp)
         self.device_type = self.device.split(":")[0]
         if self.device_type == "cuda":
-            torch.cuda.set_device(self.device)
-            torch.set_float32_matmul_precision("high")  # TF32 for fp32 matmuls: ~free speed on Ampere+
+            use_cuda_device(self.device)
         self.use_compile = cfg.compile == "true" or (cfg.compile == "auto" and self.device_type == "cuda")
         self.fsdp = cfg.fsdp and self.dist.ddp
         self.out_dir = Path(cfg.out_dir)
