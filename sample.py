@@ -388,19 +388,6 @@ def set_threads(requested: int, n_params: int, compiled: bool) -> None:
         torch.set_num_threads(1)
 
 
-def mask_padded_vocab(model: "torch.nn.Module", vocab_size: int) -> None:
-    """Never sample ids the tokenizer cannot decode (a head padded to a multiple of 64, say)."""
-    if model.config.vocab_size <= vocab_size:
-        return
-
-    def hook(_module: Any, _inputs: Any, output: tuple) -> tuple:
-        logits, loss = output
-        logits[..., vocab_size:] = float("-inf")
-        return logits, loss
-
-    model.register_forward_hook(hook)
-
-
 # ---------------------------------------------------------------------------- main
 
 
@@ -410,10 +397,12 @@ def sampling_settings(o: SampleOptions) -> dict[str, Any]:
 
 
 def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], prompt_text: str,
-                  device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO,
+                  device: "torch.device", autocast_dtype: "torch.dtype", seed: int, out: BinaryIO,
                   on_step: Any = None) -> tuple[int, list[int]]:
     """Run the batch, print the samples, report speed on stderr; returns the exit code and sample 1's tokens
-    (up to and including the one that ended it). ``on_step`` is generate_stream's per-step hook."""
+    (up to and including the one that ended it). ``on_step`` is generate_stream's per-step hook.
+
+    ``autocast_dtype``: float32 for none (weights already in the compute dtype, or fp32 throughout)."""
     import torch
 
     from model.generate import generate_stream
@@ -434,13 +423,14 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     generator = torch.Generator(device=device).manual_seed(seed)
     stream = generate_stream(model, idx, o.max_new_tokens, **sampling_settings(o),
                              repetition_penalty=None if o.repetition_penalty == 1.0 else o.repetition_penalty,
-                             generator=generator, compile=o.compile, on_step=on_step)
+                             generator=generator, compile=o.compile, on_step=on_step,
+                             vocab_limit=tok.vocab_size)  # never ids the tokenizer cannot decode (padded head rows)
     sample_one: list[int] = []  # sample 1's tokens, for --attention
     steps = 0
     t0 = time.perf_counter()
     marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
     try:
-        with autocast(device, dtype):
+        with autocast(device, autocast_dtype):
             for nxt in stream:
                 steps += 1
                 if len(marks) < 2:
@@ -519,6 +509,7 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     """Load the model onto the device and generate (the part that needs torch)."""
     import torch
 
+    from model.generate import cast_weights, decode_precision
     from runtime.device import resolve_device, resolve_dtype
 
     device = torch.device(resolve_device(o.device))
@@ -532,9 +523,11 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         raise UsageError(f"the checkpoint's tokenizer has {tok.vocab_size} tokens but its model only "
                          f"{model.config.vocab_size}: the run folder mixes files from different runs")
     model.eval().to(device)
+    weights_dtype, use_autocast = decode_precision(device.type, dtype)
+    if weights_dtype != torch.float32:  # CUDA: weights in the compute dtype, no autocast (see model/generate.py)
+        cast_weights(model, weights_dtype)
     if device.type == "cpu":
         set_threads(o.threads, model.num_params(), o.compile)
-    mask_padded_vocab(model, tok.vocab_size)
     log(f"checkpoint {source.label}: {model.num_params() / 1e6:.2f}M parameters, context {model.config.block_size}, "
         f"{tok.kind} tokenizer ({tok.vocab_size} tokens)")
     n_threads = torch.get_num_threads()
@@ -550,8 +543,8 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         problem = path_problem(o.attention)
         recorder = NextTokenRecorder(**sampling_settings(o)) if problem is None else None
     try:
-        code, sample_one = write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer,
-                                         recorder)
+        code, sample_one = write_samples(o, model, tok, ids, prompt_text, device,
+                                         dtype if use_autocast else torch.float32, seed, sys.stdout.buffer, recorder)
     except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

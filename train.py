@@ -11,7 +11,8 @@ Several machines (run on each node; node 0's address as master, same port everyw
         train.py configs/gpt2_124m.toml       # node 1: --node_rank=1; without InfiniBand: NCCL_IB_DISABLE=1
 
 Each process reads its own rows of every global batch; only rank 0 logs and writes the run
-folder (--out_dir is on rank 0's machine: resume there, or use a shared filesystem).
+folder (--out_dir is on rank 0's machine: resume there, or use a shared filesystem). Add --fsdp
+(with --optimizer=adamw) to shard the model and optimizer state across processes.
 The global batch is batch_size x gradient_accumulation_steps x processes (printed at start).
 
 Read top-down: ``train(cfg)`` is the loop; each phase it calls (set up, step, evaluate and

@@ -17,9 +17,12 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -192,6 +195,58 @@ def ensure_prepared(opts: PrepareOptions) -> Path:
     """Like prepare(), but silent when the folder is already there (train.py calls this)."""
     folder = dataset_dir(opts)
     return folder if _reusable(opts, folder) else prepare(opts)
+
+
+def _lock_is_stale(lock: Path) -> bool:
+    """A lock left by a killed builder on this machine (its process is gone); another machine's is never judged."""
+    try:
+        host, pid = lock.read_text(encoding="utf-8").split()
+        if host != socket.gethostname():
+            return False
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False  # unreadable, or being written right now: wait
+    return False
+
+
+def prepare_exclusively(opts: PrepareOptions, poll: float = 2.0, timeout: float | None = None,
+                        on_wait: Callable[[str], None] | None = None) -> Path:
+    """ensure_prepared() for one of several processes (torchrun ranks, nodes sharing data_dir): no collective.
+
+    The process that creates ``.<name>.lock`` beside the folder builds it; the others poll until
+    its meta.json (written last) appears, calling ``on_wait(message)`` once. A lock whose builder
+    died on this machine is taken over. DataError after ``timeout`` seconds (None: wait; under
+    torchrun a builder that fails ends the whole job).
+    """
+    folder = dataset_dir(opts)
+    lock = folder.parent / f".{folder.name}.lock"
+    deadline = None if timeout is None else time.monotonic() + timeout
+    told = False
+    while not _reusable(opts, folder):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _lock_is_stale(lock):
+                lock.unlink(missing_ok=True)
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                raise DataError(f"gave up after {timeout:.0f} s waiting for another process to prepare {folder}; "
+                                f"if none is, delete {lock}") from None
+            if not told and on_wait is not None:
+                on_wait(f"waiting for another process to prepare {folder} (if none is, delete {lock})")
+                told = True
+            time.sleep(poll)
+            continue
+        try:
+            os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+            os.close(fd)
+            return ensure_prepared(opts)
+        finally:
+            lock.unlink(missing_ok=True)
+    return folder
 
 
 def main(argv: list[str] | None = None) -> None:

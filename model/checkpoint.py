@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file, save_file
 
-from runtime.atomic import atomic_open, atomic_write_bytes, atomic_write_json
+from runtime.atomic import atomic_open, atomic_path, atomic_write_json
 from runtime.errors import CheckpointError
 
 from .config import GPTConfig
@@ -131,10 +131,13 @@ def unwrap(model: torch.nn.Module) -> GPT:
             return model
 
 
-def state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict to save: unwrapped, contiguous, CPU, with a tied head stored once."""
+def state_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The state dict to save: unwrapped, contiguous, CPU, with a tied head stored once.
+
+    ``tensors``: the model's state dict gathered elsewhere (FSDP's full state on rank 0), else read here.
+    """
     gpt = unwrap(model)
-    sd = gpt.state_dict()
+    sd = gpt.state_dict() if tensors is None else dict(tensors)
     if gpt.config.tie_embeddings:
         sd.pop("lm_head.weight", None)  # the same tensor as transformer.wte.weight
     return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
@@ -180,13 +183,16 @@ def model_config(meta: dict[str, Any], where: str | Path, **overrides: Any) -> G
         raise CheckpointError(f"{where}: bad model config ({e})") from None
 
 
-def save_model(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any] | None = None) -> None:
+def save_model(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any] | None = None,
+               tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``model.safetensors`` then ``config.json`` (model config + ``extra``) into ``folder``.
 
     config.json is written last, so a folder whose config.json names a model always has its weights.
+    ``tensors``: the state dict to write when it was gathered elsewhere (see ``state_tensors``).
     """
     folder = Path(folder)
-    atomic_write_bytes(folder / WEIGHTS_FILE, save(state_tensors(model), metadata={"format": "pt"}))
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:  # streamed from the tensors: no copy of the model in memory
+        save_file(state_tensors(model, tensors), str(tmp), metadata={"format": "pt"})
     atomic_write_json(folder / CONFIG_FILE, {"model": unwrap(model).config.to_dict(), **(extra or {})})
 
 

@@ -21,12 +21,23 @@ policy with a full forward per token, so both paths produce the same tokens.
 Compiled decoding (``compile=True``)
 ------------------------------------
 A small model's decode step is a chain of tiny kernels, so per-op overhead and (at batch 1)
-matrix-vector products dominate. ``compile=True`` runs each decode step through
-``torch.compile`` in fixed shapes, the recipe of PyTorch's gpt-fast: the token's position is a
-tensor, the cache is written at that slot and attention covers every slot under a mask
-(``GPT.forward``'s ``input_pos``), so one graph is traced per batch size and reused at every
-position and window. Prefills stay eager. Compiling costs seconds once per process, so it
-pays off for long generations, not for a few tokens.
+matrix-vector products dominate. ``compile=True`` runs each decode step, together with the
+logit processing that precedes the draw (padded-id mask, repetition penalty, temperature,
+top-k/top-p/min-p), through ``torch.compile`` in fixed shapes, the recipe of PyTorch's
+gpt-fast: the token's position is a tensor, the cache is written at that slot and attention
+covers every slot under a mask (``GPT.forward``'s ``input_pos``), so one graph is traced per
+batch size and reused at every position and window. On CUDA the graph is also captured as a
+CUDA graph (``mode="reduce-overhead"``: one launch per token; the cache tensors are marked
+static so it may write them in place). The draw itself stays outside, so a seeded
+``torch.Generator`` still decides it. Prefills stay eager. Compiling costs seconds once per
+process, so it pays off for long generations, not for a few tokens.
+
+The cache holds prompt + new tokens (rounded up to a multiple of 64, at most ``block_size``),
+so a short generation never attends over a whole block of empty slots.
+
+Precision (``decode_precision``): on CUDA the weights are cast once to the compute dtype and
+run without autocast (autocast would re-cast every fp32 weight at every step, and a decode
+step is bound by reading the weights); elsewhere the weights stay fp32 under autocast.
 """
 
 from __future__ import annotations
@@ -34,14 +45,14 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
 from runtime.errors import DeviceError
 
 from .kv_cache import KVCache
-from .sampling import apply_repetition_penalty, check_sampling_args, sample_next
+from .sampling import apply_repetition_penalty, check_sampling_args, draw, sampling_weights
 
 
 def _make_generator(device: torch.device, seed: int | None,
@@ -53,8 +64,25 @@ def _make_generator(device: torch.device, seed: int | None,
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def _decode_step(model: torch.nn.Module, token: torch.Tensor, cache: KVCache, pos: torch.Tensor) -> torch.Tensor:
-    return model(token, kv_cache=cache, last_only=True, input_pos=pos)[0]
+def _process_logits(logits: torch.Tensor, seen: torch.Tensor | None, penalty: float | None,
+                    vocab_limit: int | None) -> torch.Tensor:
+    """(B, V) logits as the sampler receives them: padded ids masked, repetition penalty applied.
+    No host sync, so it runs inside the compiled step too."""
+    if vocab_limit is not None and vocab_limit < logits.size(-1):
+        logits[:, vocab_limit:] = float("-inf")  # padded ids no tokenizer can decode
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, penalty)
+    return logits
+
+
+def _decode_step(model: torch.nn.Module, token: torch.Tensor, cache: KVCache, pos: torch.Tensor,
+                 seen: torch.Tensor | None, penalty: float | None, vocab_limit: int | None, temperature: float,
+                 top_k: int | None, top_p: float | None, min_p: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One fixed-shape decode step and the logit processing after it: the unit that is compiled.
+    Returns (processed logits, what ``draw`` needs)."""
+    logits = model(token, kv_cache=cache, last_only=True, input_pos=pos)[0].view(token.size(0), -1)
+    logits = _process_logits(logits, seen, penalty, vocab_limit)
+    return logits, sampling_weights(logits, temperature, top_k, top_p, min_p)
 
 
 # On CPU a batch-1 step is matrix-vector products, which MKL's gemv streams at about a third
@@ -62,6 +90,45 @@ def _decode_step(model: torch.nn.Module, token: torch.Tensor, cache: KVCache, po
 # decompose_mm_pass turns one-row matmuls into multiply-reduce loops, which it fuses and
 # spreads over all cores. On CUDA the pass leaves these shapes alone.
 INDUCTOR_OPTIONS = {"post_grad_fusion_options": {"decompose_mm_pass": {}}}
+
+
+def decode_compile_options(device_type: str) -> dict[str, Any]:
+    """torch.compile's keyword arguments for the decode step on ``device_type``.
+
+    CUDA: CUDA graphs (``mode="reduce-overhead"``), which replay the whole step in one launch.
+    torch.compile refuses ``mode`` together with ``options``, and the CPU pass is of no use there.
+    Elsewhere: Inductor with the one-row matmul pass above.
+    """
+    if device_type == "cuda":
+        return {"fullgraph": True, "dynamic": False, "mode": "reduce-overhead"}
+    return {"fullgraph": True, "dynamic": False, "options": INDUCTOR_OPTIONS}
+
+
+def decode_precision(device_type: str, dtype: torch.dtype) -> tuple[torch.dtype, bool]:
+    """(dtype for the weights, use autocast?) to generate in ``dtype`` on ``device_type``.
+
+    CUDA: weights cast once to ``dtype``, no autocast (gpt-fast's recipe: autocast would re-cast
+    each fp32 weight at every step, doubling the bytes a memory-bound decode step reads). CPU and
+    MPS keep fp32 weights under autocast: their bf16/fp16 matmul speed varies by chip, and
+    autocast keeps the fp32 master weights exact.
+    """
+    if device_type == "cuda":
+        return dtype, False
+    return torch.float32, dtype != torch.float32
+
+
+def cast_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Parameters to ``dtype`` in place; buffers (rotary tables) keep fp32, for exact angles at long positions."""
+    with torch.no_grad():
+        for p in model.parameters():  # a tied head is one Parameter: it stays tied
+            p.data = p.data.to(dtype)
+
+
+def cache_length(block_size: int, prompt_len: int, max_new_tokens: int, multiple: int = 64) -> int:
+    """Slots the KV cache needs: prompt + new tokens rounded up to ``multiple`` (fewer graphs to compile
+    across generations), never more than the window of ``block_size``."""
+    need = -(-(prompt_len + max_new_tokens) // multiple) * multiple
+    return min(block_size, need)
 
 
 def cpu_compiler() -> str | None:
@@ -80,13 +147,35 @@ def check_can_compile(device: torch.device) -> None:
 
 
 @functools.cache
-def compiled_decode_step() -> Callable:
-    """``_decode_step`` under torch.compile, built once per process (graphs are cached per shape).
+def compiled_decode_step(device_type: str = "cpu") -> Callable:
+    """``_decode_step`` under torch.compile for ``device_type``, built once per process (graphs are cached
+    per shape and sampling setting)."""
+    return torch.compile(_decode_step, **decode_compile_options(device_type))
 
-    Not mode="reduce-overhead": CUDA graphs would want the cache as static module buffers,
-    and this path is only exercised on CPU here.
-    """
-    return torch.compile(_decode_step, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+
+def _mark_static(cache: KVCache) -> None:
+    """Tell torch.compile the cache tensors keep their addresses, so a CUDA graph may write them in place."""
+    import torch._dynamo
+
+    for t in (cache.k, cache.v, *(x for pair in cache.layers for x in pair)):
+        torch._dynamo.mark_static_address(t)
+
+
+def _check_generation(idx: torch.Tensor, max_new_tokens: int, block: int, window_keep: int | None,
+                      use_cache: bool, compile: bool) -> int:
+    """ValueError/DeviceError for arguments generation cannot use; returns the window_keep in force."""
+    if idx.dim() != 2 or idx.size(1) < 1:
+        raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1, got shape {tuple(idx.shape)}")
+    if max_new_tokens is None or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if compile and not use_cache:
+        raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
+    if compile:
+        check_can_compile(idx.device)
+    keep = block // 2 if window_keep is None else window_keep
+    if not 1 <= keep <= block:
+        raise ValueError(f"window_keep must be in [1, block_size={block}], got {window_keep}")
+    return keep
 
 
 @torch.inference_mode()
@@ -95,28 +184,22 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
                     repetition_penalty: float | None = None, stop_ids: list[int] | None = None,
                     seed: int | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
                     window_keep: int | None = None, compile: bool = False,
+                    vocab_limit: int | None = None,
                     on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Iterator[torch.Tensor]:
     """Yield each step's sampled tokens, (B,) int64, for up to ``max_new_tokens`` steps.
 
+    ``vocab_limit``: only ids below it are sampled (a head padded past the tokenizer's vocabulary
+    has rows no tokenizer can decode).
+
     A row that samples one of ``stop_ids`` is finished: it keeps repeating that token, and
     the stream ends early once every row is finished. ``on_step`` (if given) sees each step's
-    (B, V) logits exactly as the sampler received them (after the repetition penalty) and the
-    (B,) tokens it drew: a window onto the choices, for sample.py's --attention page.
+    (B, V) logits exactly as the sampler received them (padded ids masked, repetition penalty
+    applied) and the (B,) tokens it drew: a window onto the choices, for sample.py's --attention page.
     """
-    if idx.dim() != 2 or idx.size(1) < 1:
-        raise ValueError(f"idx must be a (B, T) tensor of token ids with T >= 1, got shape {tuple(idx.shape)}")
-    if max_new_tokens is None or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_sampling_args(temperature, top_k, top_p, min_p, repetition_penalty)
-    if compile and not use_cache:
-        raise ValueError("compile=True compiles the cached decode step: it needs use_cache=True")
-    if compile:
-        check_can_compile(idx.device)
     cfg = model.config
     block = cfg.block_size
-    keep = block // 2 if window_keep is None else window_keep
-    if not 1 <= keep <= block:
-        raise ValueError(f"window_keep must be in [1, block_size={block}], got {window_keep}")
+    keep = _check_generation(idx, max_new_tokens, block, window_keep, use_cache, compile)
 
     B, T0 = idx.shape
     device = idx.device
@@ -125,19 +208,21 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     tokens[:, :T0] = idx
     n = T0  # tokens so far
     start = max(0, n - block)  # the window is tokens[start:n]
-    cache = model.new_kv_cache(B) if use_cache else None
+    cache = model.new_kv_cache(B, cache_length(block, T0, max_new_tokens)) if use_cache else None
     pos = torch.zeros(1, dtype=torch.long, device=device) if compile else None  # the compiled step's token slot
     cache_start = start  # the cache holds tokens[cache_start : cache_start + cache.pos]
     seen = None
     if repetition_penalty is not None and repetition_penalty != 1.0:
         seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=device).scatter_(1, idx, True)
     stop = torch.tensor(sorted(set(stop_ids)), device=device) if stop_ids else None
+    sampling = (temperature, top_k, top_p, min_p)
     finished = torch.zeros(B, dtype=torch.bool, device=device) if stop is not None else None
 
     nxt = None  # the last sampled (B,) tokens
     for _ in range(max_new_tokens):
         if n - start > block:  # overflow: slide the window, keeping its last `keep` tokens
             start = n - keep
+        weights = None
         if cache is None:
             logits, _ = model(tokens[:, start:n], last_only=True)
         elif cache_start != start or nxt is None:  # first step, or the window slid: (re-)prefill it
@@ -145,16 +230,20 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
             cache_start = start
             logits, _ = model(tokens[:, start:n], kv_cache=cache, last_only=True)
             cache.advance(n - start)
+            if compile and device.type == "cuda":
+                _mark_static(cache)
         elif not compile:  # decode: only the token sampled last step is new (cache_start + cache.pos == n - 1)
             logits, _ = model(nxt.view(B, 1), kv_cache=cache, last_only=True)
             cache.advance(1)
-        else:  # the same decode step, compiled (on first use: the prefill's token shows up first)
-            logits = compiled_decode_step()(model, nxt.view(B, 1), cache, pos.fill_(cache.pos))
+        else:  # the same decode step and the logit processing, compiled (the prefill's token shows up first)
+            logits, weights = compiled_decode_step(device.type)(
+                model, nxt.view(B, 1), cache, pos.fill_(cache.pos), seen, repetition_penalty, vocab_limit, *sampling)
             cache.advance(1)
-        logits = logits.view(B, -1)  # (B, V)
-        if seen is not None:
-            logits = apply_repetition_penalty(logits, seen, repetition_penalty)
-        nxt = sample_next(logits, temperature, top_k, top_p, min_p, generator=gen)  # (B,)
+        if weights is None:  # the eager paths: the same processing, outside a graph
+            logits = _process_logits(logits.view(B, -1), seen, repetition_penalty, vocab_limit)  # (B, V)
+            weights = sampling_weights(logits, *sampling)
+        # cloned: a CUDA graph's outputs are overwritten by its next replay, and callers keep the tokens
+        nxt = draw(weights, gen).clone()  # (B,)
         if on_step is not None:
             on_step(logits, nxt)
         if finished is not None:
@@ -176,7 +265,7 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
     ``callback`` (if given) receives each step's (B,) tokens as they are sampled. ``new`` is
     ``max_new_tokens`` unless every row hit a stop id first. Keyword arguments are those of
     ``generate_stream``: temperature, top_k, top_p, min_p, repetition_penalty, stop_ids, seed,
-    generator, use_cache, window_keep, compile, on_step.
+    generator, use_cache, window_keep, compile, vocab_limit, on_step.
     """
     steps = []
     for nxt in generate_stream(model, idx, max_new_tokens, **kwargs):

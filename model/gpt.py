@@ -79,7 +79,9 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q = apply_rotary(q, *rope)
             k = apply_rotary(k, *rope)
-        return q, k, v
+        # attention runs in v's dtype (autocast's, or the weights'); CUDA's autocast runs rms_norm in fp32,
+        # which would leave q and k fp32 beside a bf16 v, and the KV cache twice as large
+        return q.to(v.dtype), k.to(v.dtype), v
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | None,
                 kv_cache: KVCache | None, layer: int, input_pos: torch.Tensor | None = None) -> torch.Tensor:

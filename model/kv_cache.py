@@ -1,8 +1,9 @@
 """KVCache: preallocated keys and values for every layer, so decoding never reallocates.
 
 Shape per layer: (B, n_kv_head, max_len, head_dim). The buffers are allocated on the first
-write, with the dtype the attention actually produces (bf16 under autocast, else the
-weights' dtype). ``pos`` counts filled positions: a forward pass with T new tokens writes
+write, in the dtype the attention computes in (v's: bf16 under autocast, else the weights'
+dtype); keys arriving in another dtype (fp32 from a QK-norm that autocast keeps in fp32)
+are cast to it. ``pos`` counts filled positions: a forward pass with T new tokens writes
 slots [pos, pos + T) in every layer and attends over [0, pos + T); its caller then calls
 ``advance(T)``. The forward never moves ``pos`` (one rule, as in gpt-fast).
 """
@@ -35,8 +36,9 @@ class KVCache:
         back, filled or not: fixed shapes for a compiled step, whose attention mask hides
         the slots past each position.
         """
-        if self.k is None or self.k.dtype != k.dtype or self.k.device != k.device:
-            self._allocate(k)
+        if self.k is None or self.k.dtype != v.dtype or self.k.device != v.device:
+            self._allocate(v)
+        k = k.to(v.dtype)
         k_all, v_all = self.layers[layer]
         if input_pos is not None:
             k_all.index_copy_(2, input_pos, k)

@@ -77,21 +77,34 @@ def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | 
     return probs
 
 
+def sampling_weights(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
+    """What one draw needs, with no host sync (so it can run inside a compiled decode step):
+    the (B,) argmax ids for temperature 0, else the (B, V) filtered probabilities."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    return filtered_probs(logits, temperature, top_k, top_p, min_p)
+
+
+def draw(weights: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) token ids from ``sampling_weights``: greedy ids as they are, else one multinomial draw per row."""
+    if weights.dim() == 1:
+        return weights
+    # multinomial takes unnormalised weights, so filtered rows need no renormalising pass
+    return torch.multinomial(weights, num_samples=1, generator=generator).squeeze(-1)
+
+
 def sampled_distribution(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                          top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
-    """(B, V) the distribution ``sample_next`` draws from, normalised: one-hot on the argmax when greedy."""
-    if temperature == 0:
-        return torch.zeros_like(logits).scatter_(-1, logits.argmax(dim=-1, keepdim=True), 1.0)
-    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
-    return probs / probs.sum(dim=-1, keepdim=True)
+    """(B, V) the distribution ``draw`` samples from, normalised: one-hot on the argmax when greedy."""
+    weights = sampling_weights(logits, temperature, top_k, top_p, min_p)
+    if weights.dim() == 1:
+        return torch.zeros_like(logits).scatter_(-1, weights.unsqueeze(-1), 1.0)
+    return weights / weights.sum(dim=-1, keepdim=True)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, min_p: float | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Draw one token per row from (B, V) logits; returns (B,) int64 (arguments checked by check_sampling_args)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = filtered_probs(logits, temperature, top_k, top_p, min_p)
-    # multinomial takes unnormalised weights, so filtered rows need no renormalising pass
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+    return draw(sampling_weights(logits, temperature, top_k, top_p, min_p), generator)

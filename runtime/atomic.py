@@ -36,29 +36,41 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
-    """Open a temp file next to ``path``; on clean exit fsync it and rename it onto ``path``.
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp file's path next to ``path``, for writers that take a file name; on clean exit the temp
+    file is fsynced and renamed onto ``path``.
 
     If the block raises (or the process dies), ``path`` is untouched and the temp file is removed
     (or, after a hard kill, left behind with a ``.tmp`` suffix that no reader looks at).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if "b" not in mode and encoding is None:
-        encoding = "utf-8"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDWR)  # whoever wrote it may have closed it: fsync through a fresh handle
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temp file next to ``path``; on clean exit fsync it and rename it onto ``path`` (see atomic_path)."""
+    if "b" not in mode and encoding is None:
+        encoding = "utf-8"
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -17,8 +17,12 @@ if TYPE_CHECKING:
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def resolve_device(name: str, local_rank: int = 0) -> str:
-    """auto -> cuda (this process's GPU under torchrun), else mps, else cpu; refuse an absent device."""
+def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) -> str:
+    """auto -> cuda (this process's GPU under torchrun), else mps, else cpu; refuse an absent device.
+
+    ``distributed``: one of several torchrun processes, which each take GPU ``local_rank``; a fixed
+    ``cuda:N`` would put them all on one GPU, so it is refused.
+    """
     import torch
 
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -30,9 +34,29 @@ def resolve_device(name: str, local_rank: int = 0) -> str:
         raise DeviceError(f"--device={name}, but this torch build sees no CUDA GPU; use --device=cpu (or auto)")
     if name == "mps" and not mps:
         raise DeviceError("--device=mps, but MPS is not available here; use --device=cpu (or auto)")
-    if name == "cuda":
-        return f"cuda:{local_rank}"
+    if name.startswith("cuda:") and distributed:
+        raise DeviceError(f"--device={name} under torchrun would put every process on GPU {name[5:]}; use "
+                          "--device=cuda (each process takes its LOCAL_RANK's GPU), "
+                          "and CUDA_VISIBLE_DEVICES to pick GPUs")
+    if name.startswith("cuda"):
+        index = local_rank if name == "cuda" else int(name[5:]) if name[5:].isdigit() else -1
+        if not 0 <= index < torch.cuda.device_count():
+            raise DeviceError(f"--device={name}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+                              + (f" and this is local rank {local_rank}" if name == "cuda" else "")
+                              + "; use --device=cuda or cuda:0 .. cuda:N-1")
+        return f"cuda:{index}"
     return name
+
+
+def use_cuda_device(device: str) -> None:
+    """Make ``device`` (cuda:N) this process's GPU, with TF32 for fp32 matmuls (~free speed on Ampere+).
+
+    ``set_float32_matmul_precision("high")`` is the current switch; the ``allow_tf32`` flags are deprecated.
+    """
+    import torch
+
+    torch.cuda.set_device(device)
+    torch.set_float32_matmul_precision("high")
 
 
 def cuda_has_native_bf16(device: "torch.device | str") -> bool:

@@ -251,6 +251,46 @@ def test_a_crash_while_saving_the_train_state_keeps_the_old_file(tmp_path: Path,
     assert load_train_state(tmp_path)["iter"] == 1
 
 
+def big_state(mb: int = 40) -> dict[str, torch.Tensor]:
+    return {f"w{i}": torch.randn(256, 1024) for i in range(mb)}  # 1 MB each
+
+
+def peak_python_memory(work) -> int:
+    """Peak bytes of Python allocations (bytes objects, BytesIO buffers) while ``work`` runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_saving_streams_to_the_file_without_a_copy_in_memory(tmp_path: Path) -> None:
+    """A gpt2-xl save once built the whole state as bytes before writing (tens of GB of host RAM):
+    train_state.pt and model.safetensors now stream from the tensors into the temp file."""
+    tensors = big_state()
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    assert peak_python_memory(lambda: save_train_state(tmp_path, {"model": tensors, "iter": 1})) < size / 10
+    model = GPT(GPTConfig(vocab_size=4096, block_size=64, n_layer=2, n_head=4, n_embd=512))
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    assert weights > 10_000_000
+    assert peak_python_memory(lambda: save_model(model, tmp_path / "run")) < weights / 10
+    loaded, _ = load_model(tmp_path / "run")
+    assert same_weights(model, loaded)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads Linux's /proc/self/maps")
+def test_the_train_state_is_memory_mapped_not_read_into_memory(tmp_path: Path) -> None:
+    """Every rank of a resume reads train_state.pt: mapped, its pages are shared and loaded on use."""
+    save_train_state(tmp_path, {"model": big_state(8), "iter": 3})
+    state = load_train_state(tmp_path)
+    maps = Path("/proc/self/maps").read_text(encoding="utf-8")
+    assert str((tmp_path / STATE_FILE).resolve()) in maps
+    assert state["iter"] == 3 and state["model"]["w0"].shape == (256, 1024)
+
+
 class Exploit:
     def __init__(self, marker: Path) -> None:
         self.marker = marker

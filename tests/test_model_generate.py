@@ -315,3 +315,161 @@ def test_sampling_arguments_are_checked_once_per_generation(monkeypatch: pytest.
     assert out.shape == (1, 22) and len(calls) == 1  # not once per token
     with pytest.raises(ConfigError, match="top_k must be >= 0"):
         tiny("classic").generate(prompt(1, 2), 5, top_k=-1)
+
+
+@pytest.fixture
+def cuda_autocast_rms_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's autocast (torch >= 2.12) runs rms_norm in fp32; CPU's keeps bf16. Make CPU do what CUDA does."""
+    import torch.nn.functional as F
+
+    real = F.rms_norm
+
+    def fp32_under_autocast(x, *args, **kwargs):
+        if torch.is_autocast_enabled("cpu"):
+            return real(x.float(), *args, **kwargs)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "rms_norm", fp32_under_autocast)
+
+
+@torch.no_grad()
+def test_kv_cache_holds_the_attention_dtype_under_a_cuda_like_autocast(cuda_autocast_rms_norm) -> None:
+    """modern (QK-norm): k leaves the norm in fp32 while v is bf16; the cache must be bf16 (half the memory,
+    and one dtype for the compiled step's index_copy_), and cached decoding must match the full forward."""
+    model = tiny("modern")
+    idx = prompt(1, 12, seed=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F_rms_norm_is_fp32()
+        full = model(idx)[0][:, -1]  # (1, V)
+        cache = model.new_kv_cache(1)
+        model(idx[:, :-1], kv_cache=cache)
+        cache.advance(11)
+        step = model(idx[:, -1:], kv_cache=cache)[0][:, -1]
+    assert cache.k.dtype == cache.v.dtype == torch.bfloat16
+    torch.testing.assert_close(step, full, rtol=0.05, atol=0.05)
+    assert torch.equal(step.argmax(-1), full.argmax(-1))
+
+
+def F_rms_norm_is_fp32() -> bool:
+    return torch.nn.functional.rms_norm(torch.ones(2, 4, dtype=torch.bfloat16), (4,)).dtype == torch.float32
+
+
+def test_fixed_shape_cache_write_under_a_cuda_like_autocast(cuda_autocast_rms_norm) -> None:
+    """The compiled step's write (index_copy_ at input_pos) needs one dtype for cache and keys: with fp32
+    keys for a cache of v's bf16 it failed on CUDA (`sample.py --compile`, modern checkpoint)."""
+    model = tiny("modern")
+    idx = prompt(1, 8, seed=2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(idx)[0][:, -1]
+        cache = model.new_kv_cache(1)
+        model(idx[:, :-1], kv_cache=cache)
+        cache.advance(7)
+        step = model(idx[:, -1:], kv_cache=cache, input_pos=torch.tensor([7]))[0][:, -1]
+    assert cache.k.dtype == torch.bfloat16
+    torch.testing.assert_close(step, full, rtol=0.05, atol=0.05)
+
+
+def test_compiled_decoding_under_a_cuda_like_autocast(cuda_autocast_rms_norm, monkeypatch) -> None:
+    """`sample.py --compile` with a modern checkpoint on CUDA, compiled for real: a bf16 cache, and the
+    tokens of eager decoding."""
+    import torch._dynamo
+
+    needs_cpu_compiler()
+    model = tiny("modern", block_size=64)
+    caches = []
+    new_cache = model.new_kv_cache
+    monkeypatch.setattr(model, "new_kv_cache", lambda *a, **k: caches.append(new_cache(*a, **k)) or caches[-1])
+    idx = prompt(1, 5, seed=6)
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        compiled = model.generate(idx, 12, temperature=0.0, compile=True)
+        eager = model.generate(idx, 12, temperature=0.0)
+    assert caches[0].k.dtype == caches[0].v.dtype == torch.bfloat16
+    assert torch.equal(compiled, eager)
+
+
+# ---------------------------------------------------------------------------- the GPU decode recipe
+
+
+def test_decode_compile_options_per_device() -> None:
+    """CUDA: CUDA graphs (reduce-overhead) and no Inductor options, which torch.compile refuses beside a mode."""
+    gen = importlib.import_module("model.generate")
+    cuda, cpu = gen.decode_compile_options("cuda"), gen.decode_compile_options("cpu")
+    assert cuda == {"fullgraph": True, "dynamic": False, "mode": "reduce-overhead"}
+    assert cpu == {"fullgraph": True, "dynamic": False, "options": gen.INDUCTOR_OPTIONS}
+    for kwargs in (cuda, cpu):
+        torch.compile(lambda x: x + 1, **kwargs)  # accepted (building is lazy: nothing compiles here)
+    with pytest.raises(RuntimeError, match="mode or options"):
+        torch.compile(lambda x: x + 1, mode="reduce-overhead", options=gen.INDUCTOR_OPTIONS)
+
+
+def test_decode_precision_per_device() -> None:
+    gen = importlib.import_module("model.generate")
+    assert gen.decode_precision("cuda", torch.bfloat16) == (torch.bfloat16, False)  # cast once, no autocast
+    assert gen.decode_precision("cuda", torch.float16) == (torch.float16, False)
+    assert gen.decode_precision("cuda", torch.float32) == (torch.float32, False)
+    assert gen.decode_precision("cpu", torch.bfloat16) == (torch.float32, True)
+    assert gen.decode_precision("cpu", torch.float32) == (torch.float32, False)
+    assert gen.decode_precision("mps", torch.float16) == (torch.float32, True)
+
+
+@pytest.mark.parametrize("preset", ["classic", "modern"])
+def test_cast_weights_keeps_ties_and_rotary_tables(preset: str) -> None:
+    """bf16 weights without autocast decode like fp32 weights under bf16 autocast, the tie stays one tensor,
+    and the rotary tables stay fp32 (bf16 angles drift at long positions)."""
+    gen = importlib.import_module("model.generate")
+    model, reference = tiny(preset), tiny(preset)
+    gen.cast_weights(model, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(b.dtype in (torch.float32, torch.long) for b in model.buffers())
+    if model.config.tie_embeddings:
+        assert model.lm_head.weight is model.transformer.wte.weight
+    idx = prompt(1, 10, seed=7)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = reference(idx)[0]
+        got = model(idx)[0]
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.1)
+
+
+@pytest.mark.parametrize("prompt_len, new, slots", [(5, 10, 64), (60, 4, 64), (5, 60, 128), (5, 300, 256),
+                                                    (300, 5, 256)])
+def test_the_cache_holds_prompt_plus_new_tokens(monkeypatch, prompt_len: int, new: int, slots: int) -> None:
+    model = tiny("modern", block_size=256)
+    caches = []
+    new_cache = model.new_kv_cache
+    monkeypatch.setattr(model, "new_kv_cache", lambda *a, **k: caches.append(new_cache(*a, **k)) or caches[-1])
+    idx = prompt(1, prompt_len, seed=8)
+    out = model.generate(idx, new, temperature=0.0)
+    assert caches[0].max_len == slots
+    assert torch.equal(out, reference_greedy(model, idx, new, keep=128))
+
+
+def test_compiled_sampling_matches_eager_sampling() -> None:
+    """The compiled step now also masks padded ids, applies the penalty and filters; the seeded draw
+    outside it gives the eager path's tokens."""
+    import torch._dynamo
+
+    needs_cpu_compiler()
+    model = tiny("classic", block_size=64)
+    idx = prompt(2, 4, seed=9)
+    kwargs = dict(temperature=0.9, top_k=20, top_p=0.95, repetition_penalty=1.3, vocab_limit=50, seed=3)
+    torch._dynamo.reset()
+    compiled = model.generate(idx, 30, compile=True, **kwargs)
+    eager = model.generate(idx, 30, **kwargs)
+    assert torch.equal(compiled, eager)
+    assert int(compiled[:, 4:].max()) < 50  # never a padded id
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_vocab_limit_never_samples_padded_ids(use_cache: bool) -> None:
+    """A head padded past the tokenizer (64 rows, 40 ids) whose padded rows dominate: never drawn."""
+    model = tiny("classic")
+    with torch.no_grad():
+        model.lm_head.weight[40:] *= 50  # tied: large padded logits
+    idx = prompt(3, 4, seed=10)
+    free = model.generate(idx, 20, temperature=1.0, seed=1, use_cache=use_cache)
+    assert int(free[:, 4:].max()) >= 40  # without the limit the padded ids win
+    for temperature in (0.0, 1.0):
+        limited = model.generate(idx, 20, temperature=temperature, seed=1, vocab_limit=40, use_cache=use_cache)
+        assert int(limited[:, 4:].max()) < 40

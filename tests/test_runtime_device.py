@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime.device import DTYPES, autocast, cuda_has_native_bf16, dtype_name, resolve_device, resolve_dtype
+from runtime.device import (DTYPES, autocast, cuda_has_native_bf16, dtype_name, resolve_device, resolve_dtype,
+                            use_cuda_device)
 from runtime.errors import DeviceError
 
 
@@ -17,9 +18,10 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def fake_cuda(monkeypatch: pytest.MonkeyPatch):
-    """torch.cuda present, with a compute capability the test chooses."""
+    """torch.cuda present (four GPUs), with a compute capability the test chooses."""
     capability = {"value": (8, 0)}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
     return capability
 
@@ -89,6 +91,42 @@ def test_auto_on_cuda_follows_native_bf16(fake_cuda, capability, dtype) -> None:
     assert cuda_has_native_bf16("cuda:0") is (capability[0] >= 8)
     assert resolve_dtype("auto", "cuda:0", lambda: pytest.fail("no CPU probe on a GPU")) is dtype
     assert resolve_dtype("auto", torch.device("cuda", 0)) is dtype
+
+
+def test_emulated_bf16_does_not_count(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A T4 (7.5): torch.cuda.is_bf16_supported() says True (it counts emulation), but fp16 + GradScaler
+    is the fast path there."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    fake_cuda["value"] = (7, 5)
+    assert resolve_dtype("auto", "cuda:0") is torch.float16
+
+
+def test_a_fixed_gpu_under_torchrun_is_refused(fake_cuda) -> None:
+    """--device=cuda:1 in every process of a torchrun job would put them all on GPU 1."""
+    assert resolve_device("cuda", local_rank=3, distributed=True) == "cuda:3"
+    assert resolve_device("auto", local_rank=2, distributed=True) == "cuda:2"
+    with pytest.raises(DeviceError) as e:
+        resolve_device("cuda:1", local_rank=2, distributed=True)
+    assert str(e.value) == ("--device=cuda:1 under torchrun would put every process on GPU 1; use --device=cuda "
+                            "(each process takes its LOCAL_RANK's GPU), and CUDA_VISIBLE_DEVICES to pick GPUs")
+
+
+@pytest.mark.parametrize("name, rank", [("cuda:4", 0), ("cuda", 4), ("cuda:x", 0)])
+def test_a_gpu_this_machine_lacks_is_refused(fake_cuda, name: str, rank: int) -> None:
+    with pytest.raises(DeviceError, match=f"--device={name}: this machine has 4 CUDA GPU"):
+        resolve_device(name, local_rank=rank)
+
+
+def test_using_a_gpu_turns_on_tf32_the_current_way(fake_cuda, monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        use_cuda_device("cuda:2")
+        assert chosen == ["cuda:2"] and torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_autocast_float32_is_a_no_op() -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.dashboard import (GPU_PEAK_FLOPS, MetricsLog, Progress, device_peak_flops, plot_losses, read_metrics,
-                                wandb_has_credentials)
+from training.dashboard import (GPU_PEAK_FLOPS, MetricsLog, Progress, device_peak_flops, mfu, plot_losses,
+                                read_metrics, wandb_has_credentials)
 
 
 def test_metrics_log_appends_one_json_line_per_event(tmp_path: Path) -> None:
@@ -67,7 +67,8 @@ def test_device_peak_flops_override_table_and_cpu(monkeypatch: pytest.MonkeyPatc
     assert device_peak_flops("cuda:0", 1e12) == 1e12  # the override wins over the table
     name = {"value": ""}
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name["value"])
-    for gpu, peak in [("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+    for gpu, peak in [("NVIDIA H100 NVL", 835e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 80GB HBM3", 989e12),
+                      ("NVIDIA A100-SXM4-80GB", 312e12),
                       ("NVIDIA A10G", 125e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
                       ("NVIDIA GeForce RTX 4090", 165e12), ("Tesla T4", 65e12), ("Tesla V100-SXM2-16GB", 125e12)]:
         name["value"] = gpu
@@ -80,6 +81,14 @@ def test_device_peak_flops_override_table_and_cpu(monkeypatch: pytest.MonkeyPatc
         assert not any(earlier in key for earlier in keys[:i]), key
 
 
+def test_mfu_is_per_device() -> None:
+    """8 GPUs at 40% each deliver 8 x 0.4 x peak FLOP/s in total: MFU is 40%, not 320%."""
+    peak = 989e12
+    assert mfu(8 * 0.4 * peak, 8, peak) == pytest.approx(0.4)
+    assert mfu(0.4 * peak, 1, peak) == pytest.approx(0.4)
+    assert mfu(1e12, 8, None) is None
+
+
 def test_progress_prints_plain_lines_when_stdout_is_not_a_tty(capsys: pytest.CaptureFixture) -> None:
     assert not sys.stdout.isatty()
     progress = Progress(0, 100, enabled=True)
@@ -87,11 +96,13 @@ def test_progress_prints_plain_lines_when_stdout_is_not_a_tty(capsys: pytest.Cap
     progress.step()  # counts silently without a bar
     progress.log(5, 1.23456, 1e-3, 12345.6, 0.5, 12.34, 0.45)
     progress.log(6, 1.0, 2e-3, 1000.0, 0.25, 5.0, None)
+    progress.log(7, 1.0, 2e-3, None, 0.25, None, None)  # only the warm-up step in the interval
     progress.message("eval @ iter 6: val loss 1.1")
     progress.close()
     assert capsys.readouterr().out.splitlines() == [
         "iter 5: loss 1.2346, lr 1.00e-03, grad norm 0.500, 12.3 ms/iter, 12,346 tok/s, mfu 45.0%",
         "iter 6: loss 1.0000, lr 2.00e-03, grad norm 0.250, 5.0 ms/iter, 1,000 tok/s",
+        "iter 7: loss 1.0000, lr 2.00e-03, grad norm 0.250",
         "eval @ iter 6: val loss 1.1"]
 
 

@@ -69,7 +69,8 @@ class TrainConfig:
     batch_size: int = opt(32, "sequences per micro-batch per process")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step, per process")
     max_iters: int = opt(1500, "optimizer steps in total")
-    optimizer: str = opt("muon", "adamw, or muon (Muon for the blocks' 2-D matrices, AdamW for the rest)",
+    optimizer: str = opt("muon", "adamw, or muon (Muon for the blocks' 2-D matrices, AdamW for the rest; "
+                                 "not with --fsdp)",
                          choices=OPTIMIZERS)
     learning_rate: float = opt(2e-3, "AdamW peak learning rate")
     weight_decay: float = opt(0.1, "decoupled weight decay on 2-D parameters (matrices and embeddings)")
@@ -91,11 +92,15 @@ class TrainConfig:
     dtype: str = opt("auto", "auto (cuda: bfloat16, else float16; cpu: bfloat16 autocast if a 1-second probe "
                              "measures it faster for this model and batch, else float32), float32, bfloat16, float16",
                      choices=DTYPES)
+    fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state across processes "
+                            "(PyTorch FSDP2) instead of a whole copy per process (DDP): for models whose AdamW state "
+                            "outgrows one GPU. Needs --optimizer=adamw")
     compile: str = opt("auto", "torch.compile the model: auto (on for CUDA, off for CPU), true, false")
     seed: int = opt(1337, "seed for init, dropout and data order")
     threads: int = opt(0, "CPU threads for torch ops; 0 = torch's default (one per core). On a busy machine, "
                           "1 is often several times faster for small models (threads spin-wait on each other)")
-    peak_flops: float | None = opt(None, "device peak FLOP/s for MFU; none = GPU table (no MFU on CPU)")
+    peak_flops: float | None = opt(None, "one device's peak FLOP/s for MFU (each process's FLOP/s / this); "
+                                            "none = GPU table (no MFU on CPU)")
     target_loss: float | None = opt(None, "stop as soon as an eval's val loss is at or below this")
     # logging
     wandb_log: bool = opt(False, "log to Weights & Biases")
@@ -117,5 +122,8 @@ class TrainConfig:
             raise UsageError("--max_iters, --warmup_iters and --sample_tokens must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.fsdp and self.optimizer == "muon":
+            raise UsageError("--fsdp shards every matrix across processes, and Muon orthogonalises whole matrices; "
+                             "use --optimizer=adamw with --fsdp")
         if not 0.0 < self.cooldown_frac <= 1.0:
             raise UsageError(f"--cooldown_frac must be in (0, 1], got {self.cooldown_frac}")

@@ -38,3 +38,20 @@ class StopRequest:
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN/inf; the last good checkpoint was left as it was."""
+
+
+# An fp16 GradScaler halves its scale at each skipped step, so a run of skips this long means the
+# scale fell by 2**20 and the gradients are still NaN/inf: no longer overflow, but a broken model.
+MAX_SKIPPED_STEPS = 20
+
+
+def check_divergence(loss_nonfinite: bool, skipped_in_a_row: int, iter_num: int) -> None:
+    """The divergence rule: a NaN/inf loss, or MAX_SKIPPED_STEPS steps in a row with NaN/inf gradients.
+
+    A step the fp16 GradScaler skips (its gradients overflowed) is normal and does not count alone.
+    """
+    if loss_nonfinite:
+        raise TrainingDiverged(f"the loss became NaN/inf before iteration {iter_num}")
+    if skipped_in_a_row >= MAX_SKIPPED_STEPS:
+        raise TrainingDiverged(f"{skipped_in_a_row} optimizer steps in a row were skipped for NaN/inf gradients "
+                               f"(fp16 GradScaler) before iteration {iter_num}")

@@ -21,6 +21,7 @@ from runtime.atomic import atomic_write_bytes
 # Dense bf16/fp16 tensor-core peaks (FLOP/s), keyed by a substring of torch.cuda.get_device_name().
 # More specific names come first: "H100 PCIe" must win over "H100".
 GPU_PEAK_FLOPS: list[tuple[str, float]] = [
+    ("H100 NVL", 835e12),  # NVIDIA's datasheet: 1,671 TFLOPS bf16 with sparsity, half of it dense
     ("H100 PCIe", 756e12),
     ("H100", 989e12),  # SXM
     ("H200", 989e12),
@@ -55,6 +56,14 @@ def device_peak_flops(device: str, override: float | None) -> float | None:
             if key in name:
                 return peak
     return None
+
+
+def mfu(flops_per_sec: float, world_size: int, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: the FLOP/s each device achieves (the global rate / world_size) over
+    one device's peak; None when the peak is unknown."""
+    if not peak:
+        return None
+    return flops_per_sec / world_size / peak
 
 
 class MetricsLog:
@@ -174,16 +183,18 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
 
-    def log(self, it: int, loss: float, lr: float, tok_s: float, grad_norm: float, ms: float,
+    def log(self, it: int, loss: float, lr: float, tok_s: float | None, grad_norm: float, ms: float | None,
             mfu: float | None) -> None:
+        """One log line; ``tok_s``/``ms`` are None for an interval holding only the first (warm-up) step."""
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}", refresh=False)
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                 tok_s=f"{tok_s:,.0f}" if tok_s is not None else "-", refresh=False)
             return
         if not self.enabled:
             return
+        speed = f", {ms:.1f} ms/iter, {tok_s:,.0f} tok/s" if tok_s is not None and ms is not None else ""
         extra = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
-        print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}, {ms:.1f} ms/iter, "
-              f"{tok_s:,.0f} tok/s{extra}", flush=True)
+        print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}{speed}{extra}", flush=True)
 
     def message(self, text: str) -> None:
         if self.bar is not None:

@@ -33,6 +33,7 @@ def sample_text(model: Any, tokenizer: Any, n_tokens: int, device: str, seed: in
     was_training = model.training
     model.eval()
     idx = torch.tensor([prompt], dtype=torch.long, device=device)
-    out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, seed=seed)
+    out = model.generate(idx, n_tokens, temperature=0.8, top_k=200, seed=seed,
+                         vocab_limit=tokenizer.vocab_size)  # never the padded ids of a padded head
     model.train(was_training)
     return tokenizer.decode(out[0, len(prompt):].tolist())

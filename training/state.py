@@ -2,7 +2,8 @@
 
 ``train_state.pt`` (written and read by model/checkpoint.py, the run folder's owner) is the
 one file a resume reads: weights, optimizers, grad scaler, iteration, the RNG states of torch /
-CUDA / numpy / python, the loader's position, best val loss, wandb run id and the run's options.
+CUDA / numpy / python (one set per rank: each rank draws its own dropout masks), the loader's
+position, best val loss, wandb run id and the run's options.
 Because it is one atomically written file, a crash between it and the exported
 ``model.safetensors`` can never pair new weights with old optimizer moments.
 
@@ -30,8 +31,9 @@ def rng_state() -> dict[str, Any]:
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": [version, list(internal), gauss_next],
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # this process's GPU only: under torchrun each rank owns one device and its stream
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -42,18 +44,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        device = torch.cuda.current_device()
+        if isinstance(cuda, (list, tuple)):  # older files held every device's state: take this device's
+            cuda = cuda[device] if device < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
 
 
-def train_state(model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
-                scaler: torch.amp.GradScaler | None, **fields: Any) -> dict[str, Any]:
-    """The resume state of a run, ready for ``model.checkpoint.save_train_state``."""
+def rank_rng_state(saved: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] | None:
+    """This rank's saved RNG state; None if the run was saved with another number of processes
+    (the caller then seeds the rank afresh: dropout masks cannot continue exactly then)."""
+    ranks = saved.get("rng_ranks")
+    if ranks is None:  # saved by one process, or by a version that kept rank 0's state only
+        return saved["rng"] if world_size == 1 or rank == 0 else None
+    return ranks[rank] if len(ranks) == world_size else (saved["rng"] if rank == 0 else None)
+
+
+def train_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], optimizer_states: list[dict[str, Any]],
+                scaler: torch.amp.GradScaler | None, rng_ranks: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """The resume state of a run, ready for ``model.checkpoint.save_train_state``.
+
+    ``tensors`` and ``optimizer_states`` are the whole model's (gathered to rank 0 under FSDP);
+    ``rng_ranks`` holds every rank's ``rng_state()``.
+    """
     return {
         "model_config": unwrap(model).config.to_dict(),
-        "model": state_tensors(model),
-        "optimizers": [o.state_dict() for o in optimizers],
+        "model": state_tensors(model, tensors),
+        "optimizers": optimizer_states,
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-        "rng": rng_state(),
+        "rng": rng_ranks[0],
+        "rng_ranks": rng_ranks,
         **fields,
     }

@@ -1,50 +1,58 @@
 """One training run in named phases: set up, step, evaluate and checkpoint, log, stop.
 
 ``train.py`` reads as the loop that calls these in order; ``bench/bench_train.py`` times the
-very ``step()`` that training runs. Setup happens in ``Trainer.__init__`` (device, data, model,
-precision, optimizers, loaders, resume, wrappers, run folder); ``close()`` (or leaving the
-``with`` block) ends the dashboards and the process group.
+very ``step()`` that training runs. Setup happens in ``Trainer.__init__`` (device, data, process
+group, model, precision, FSDP sharding, optimizers, loaders, resume, wrappers, run folder);
+``close()`` (or leaving the ``with`` block) ends the dashboards and the process group. What the
+ranks of a torchrun job do together (collectives, sharding, gathering the state) lives in
+``training/distributed.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data.loader import BatchLoader, read_tokens
-from data.prepare import PrepareOptions, ensure_prepared, load_meta
+from data.prepare import PrepareOptions, load_meta
 from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig
 from model.checkpoint import (ATTENTION_FILE, BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state,
                               model_config, save_model, save_train_state)
-from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype
+from model.config import padded_vocab_size
+from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype, use_cuda_device
 from runtime.errors import CheckpointError, UsageError
 from training import dashboard
 from training.config import ARCH_FIELDS, ARCH_SWITCHES, TrainConfig
-from training.control import StopRequest, TrainingDiverged
-from training.distributed import any_rank, setup_distributed, teardown
+from training.control import StopRequest, TrainingDiverged, check_divergence
+from training.distributed import (any_rank, ddp_kwargs, dist_from_env, full_model_state, full_optimizer_states,
+                                  gather_objects, gradient_sync, init_process_group, load_optimizer_states,
+                                  local_norm, mean_across_ranks, on_master, prepare_data, shard_model,
+                                  sharded_grad_scaler, teardown)
 from training.evaluate import estimate_loss, sample_text
 from training.optim import configure_optimizers, lr_multiplier, set_lr
 from training.precision import cpu_bf16_pays
-from training.state import set_rng_state, train_state
+from training.state import rank_rng_state, rng_state, set_rng_state, train_state
 from viz.picture import attention_view, write_picture
 
 ATTENTION_PROMPT_TOKENS = 48  # the val split's first tokens: a fixed text whose attention is drawn at each eval
 
 
 def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
-    """The GPTConfig for a from-scratch model: the preset, then every switch the user set."""
+    """The GPTConfig for a from-scratch model: the preset, then every switch the user set; the
+    vocabulary padded for fast matmuls (``padded_vocab_size``)."""
     switches = {k: getattr(cfg, k) for k in ARCH_SWITCHES if getattr(cfg, k) is not None}
     if switches.get("logit_softcap") == 0:
         switches["logit_softcap"] = None
-    return GPTConfig.preset(cfg.model, block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
-                            n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, **switches)
+    return GPTConfig.preset(cfg.model, block_size=cfg.block_size, vocab_size=padded_vocab_size(vocab_size),
+                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                            **switches)
 
 
 def resume_command(cfg: TrainConfig) -> str:
@@ -69,26 +77,33 @@ class Trainer:
     # ------------------------------------------------------------------ setup
 
     def _setup(self, log_to_console: bool) -> None:
-        """Device, data, model, precision, optimizers, loaders, resume, wrappers, run folder: in this order."""
+        """Device, data, process group, model, precision, sharding, optimizers, loaders, resume, wrappers,
+        run folder: in this order."""
         cfg = self.cfg
-        self.dist = setup_distributed(cfg.device if cfg.device != "auto" else
-                                      ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        self.dist = dist_from_env()
+        self.device = resolve_device(cfg.device, self.dist.local_rank, distributed=self.dist.ddp)
         self.device_type = self.device.split(":")[0]
         if self.device_type == "cuda":
-            torch.cuda.set_device(self.device)
-            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~free speed on Ampere+
-            torch.backends.cudnn.allow_tf32 = True
+            use_cuda_device(self.device)
         self.use_compile = cfg.compile == "true" or (cfg.compile == "auto" and self.device_type == "cuda")
+        self.fsdp = cfg.fsdp and self.dist.ddp
         self.out_dir = Path(cfg.out_dir)
         self.console = self.dist.master and log_to_console
-        self.data_folder, self.meta, self.tokenizer = self._prepare_data()
+        self.data_folder, self.meta, self.tokenizer = self._prepare_data()  # before the process group: no timeout
+        init_process_group(self.dist, self.device)
         state = self._build_model()
         self._choose_precision(state)
+        if self.fsdp:  # before the optimizers, which must hold the sharded parameters
+            shard_model(self.model, self.ptdtype)
         self.optimizers = configure_optimizers(self.model, cfg, self.device_type)
-        self.scaler = torch.amp.GradScaler(self.device_type,
-                                           enabled=(self.ptdtype == torch.float16 and self.device_type == "cuda"))
+        # fp16 gradients underflow on any device: a GradScaler whenever the compute dtype is fp16
+        # (under FSDP the sharded one, which agrees across ranks on whether to skip a step)
+        scaler_class = sharded_grad_scaler() if self.fsdp else torch.amp.GradScaler
+        self.scaler = scaler_class(self.device_type, enabled=self.ptdtype == torch.float16)
         self._build_loaders()
+        # init drew from cfg.seed on every rank (identical weights); dropout draws from seed + rank,
+        # so each rank's masks differ, as they would across the rows of one big batch
+        torch.manual_seed(cfg.seed + self.dist.rank)
         self.iter_num, self.best_val, self.wandb_id, self.tokens_seen = 0, math.inf, None, 0
         if state is not None:
             self._restore(state)
@@ -96,10 +111,14 @@ class Trainer:
         self._wrap_model()
         self._open_run_folder()
         self.progress = dashboard.Progress(self.iter_num, cfg.max_iters, enabled=self.console)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)  # NaN/inf since last check, no sync
+        # NaN/inf loss (or gradient, without a scaler) since the last check; steps the scaler skipped in a row
+        self.diverged = torch.zeros((), dtype=torch.bool, device=self.device)  # device tensors: no sync per step
+        self.skips = torch.zeros((), dtype=torch.long, device=self.device)
+        self.max_skips = torch.zeros((), dtype=torch.long, device=self.device)
         self.last_loss = torch.zeros((), device=self.device)
         self.grad_norm = torch.zeros((), device=self.device)
         self.first_iter = self.iter_num
+        self._gathered: tuple[int, dict[str, torch.Tensor]] | None = None  # (iter, full model) for this eval's saves
         self.t_log, self.it_log, self.stopped = time.time(), self.iter_num, "done"
         self.results: dict[str, Any] = {"out_dir": str(self.out_dir), "val_loss": None, "train_loss": None,
                                         "tokens_per_sec": None}
@@ -110,19 +129,12 @@ class Trainer:
             print(text)
 
     def _prepare_data(self) -> tuple[Path, dict[str, Any], Any]:
-        """Rank 0 prepares the corpus, then each other node's first process (a no-op if data_dir is
-        shared), then everyone else reads it: never two builders of one folder at once."""
-        cfg, dist = self.cfg, self.dist
+        """The prepared corpus: built by one process, the others wait for it (training/distributed.py)."""
+        cfg = self.cfg
         prep = PrepareOptions(dataset=cfg.dataset, input=cfg.input, tokenizer=cfg.tokenizer,
                               vocab_size=cfg.vocab_size, data_dir=cfg.data_dir, hf_config=cfg.hf_config,
                               max_tokens=cfg.max_tokens)
-        turns = [dist.master, dist.local_rank == 0 and not dist.master, dist.local_rank != 0] if dist.ddp else [True]
-        folder = None
-        for my_turn in turns:
-            if my_turn:
-                folder = ensure_prepared(prep)
-            if dist.ddp:
-                torch.distributed.barrier()
+        folder = prepare_data(prep, self.dist, say=lambda text: print(text, file=sys.stderr, flush=True))
         meta = load_meta(folder)
         return folder, meta, load_tokenizer(meta["tokenizer"], folder)
 
@@ -163,8 +175,7 @@ class Trainer:
             if state is not None and state.get("dtype"):
                 return state["dtype"] == "bfloat16"
             # measured on every rank; bf16 only if all ranks found it faster
-            return not any_rank(self.dist, self.device,
-                                not cpu_bf16_pays(self.model, cfg.batch_size, cfg.block_size))[0]
+            return not any_rank(self.dist, not cpu_bf16_pays(self.model, cfg.batch_size, cfg.block_size))[0]
 
         self.ptdtype = resolve_dtype(cfg.dtype, self.device, cpu_bf16_pays=bf16_pays)
         self.autocast = autocast(self.device, self.ptdtype)
@@ -184,14 +195,20 @@ class Trainer:
         try:
             if len(state["optimizers"]) != len(self.optimizers):
                 raise ValueError("a different --optimizer than the checkpoint's")
-            for o, sd in zip(self.optimizers, state["optimizers"]):
-                o.load_state_dict(sd)
+            if state.get("sharded", False) != self.fsdp:
+                raise ValueError(f"it was saved {'with' if state.get('sharded') else 'without'} --fsdp; resume "
+                                 f"it the same way")
+            load_optimizer_states(self.model, self.optimizers, state["optimizers"], self.fsdp)
             if state.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise CheckpointError(f"cannot restore the optimizer from {self.out_dir}: {e}") from None
         self.train_loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        rng = rank_rng_state(state, self.dist.rank, self.dist.world_size)
+        if rng is not None:
+            set_rng_state(rng)
+        else:  # resumed with another number of processes: fresh, distinct dropout streams
+            torch.manual_seed(self.cfg.seed + self.dist.rank + int(state["iter"]))
         self.iter_num, self.best_val = int(state["iter"]), float(state["best_val_loss"])
         self.wandb_id, self.tokens_seen = state.get("wandb_id"), int(state.get("tokens", 0))
         for o in self.optimizers:  # the schedule sets lr from base_lr; a resumed run may change the peak
@@ -205,17 +222,20 @@ class Trainer:
         if self.use_compile:
             self.say("compiling the model (torch.compile)...")
             self.model = torch.compile(self.model)
-        if dist.ddp:
+        if dist.ddp and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model = DDP(self.model, device_ids=[dist.local_rank] if self.device_type == "cuda" else None)
+            self.model = DDP(self.model, **ddp_kwargs(self.device_type, dist.local_rank))
         self.tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * dist.world_size
         self.flops_per_iter = self.raw_model.flops_per_token(cfg.block_size) * self.tokens_per_iter
         self.peak = dashboard.device_peak_flops(self.device, cfg.peak_flops)
         self.say(f"model: {cfg.init_from if cfg.init_from not in ('scratch', 'resume') else cfg.model}, "
                  f"{self.raw_model.num_params() / 1e6:.2f}M parameters; device {self.device}, "
-                 f"{dtype_name(self.ptdtype)}, compile {self.use_compile}; data {self.data_folder} "
+                 f"{dtype_name(self.ptdtype)}, compile {self.use_compile}{', FSDP' if self.fsdp else ''}; "
+                 f"data {self.data_folder} "
                  f"(vocab {self.meta['vocab_size']})")
+        if cfg.fsdp and not self.fsdp:
+            self.say("--fsdp: one process has nothing to shard with (start it with torchrun); training unsharded")
         self.say(f"global batch: {cfg.batch_size} x {cfg.gradient_accumulation_steps} accum x {dist.world_size} "
                  f"processes x {cfg.block_size} tokens = {self.tokens_per_iter:,} tokens/iter")
 
@@ -232,6 +252,7 @@ class Trainer:
                                                         "val_tokens")},
                       "resolved": {"device": self.device, "dtype": dtype_name(self.ptdtype),
                                    "compile": self.use_compile, "world_size": self.dist.world_size,
+                                   "fsdp": self.fsdp,
                                    "tokens_per_iter": self.tokens_per_iter}}
         self.metrics = dashboard.MetricsLog(self.out_dir, self.t_start)
         if cfg.wandb_log and cfg.wandb_mode != "disabled":
@@ -248,9 +269,9 @@ class Trainer:
         step_loss = torch.zeros((), device=self.device)
         for micro in range(cfg.gradient_accumulation_steps):
             x, y = self.train_loader.next_batch()
-            last_micro = micro == cfg.gradient_accumulation_steps - 1
-            # DDP: all-reduce gradients only on the last micro-step
-            with nullcontext() if (not self.dist.ddp or last_micro) else model.no_sync():
+            # DDP all-reduces (FSDP reduce-scatters) the gradients only on the last micro-step
+            with gradient_sync(model, self.raw_model, self.dist, self.fsdp,
+                               micro == cfg.gradient_accumulation_steps - 1):
                 with self.autocast:
                     _, loss = model(x, y)
                     loss = loss / cfg.gradient_accumulation_steps  # the sum over micro-steps is the mean
@@ -260,8 +281,8 @@ class Trainer:
             for o in self.optimizers:
                 self.scaler.unscale_(o)
         # clip_grad_norm_ returns the pre-clip norm; with no clipping, measure it all the same
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-        self.nonfinite |= ~torch.isfinite(step_loss) | ~torch.isfinite(self.grad_norm)
+        self.grad_norm = local_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf))
+        self._track_nonfinite(step_loss)
         for o in self.optimizers:
             self.scaler.step(o)
         self.scaler.update()
@@ -271,6 +292,29 @@ class Trainer:
         self.tokens_seen += self.tokens_per_iter
         self.last_loss = step_loss
         self.progress.step()
+        if self.iter_num == self.first_iter + 1:  # the first step compiles and warms up: not throughput
+            step_loss.item()  # wait for it (once)
+            self.t_log, self.it_log = time.time(), self.iter_num
+
+    def _track_nonfinite(self, step_loss: torch.Tensor) -> None:
+        """A NaN/inf loss is divergence. A NaN/inf gradient with an fp16 GradScaler is a step the scaler
+        skips (and then lowers its scale): normal, unless it happens MAX_SKIPPED_STEPS times in a row."""
+        bad_grad = ~torch.isfinite(self.grad_norm)
+        self.diverged |= ~torch.isfinite(step_loss)
+        if self.scaler.is_enabled():
+            self.skips = torch.where(bad_grad, self.skips + 1, 0)
+            self.max_skips = torch.maximum(self.max_skips, self.skips)
+        else:
+            self.diverged |= bad_grad
+
+    def _check_health(self) -> None:
+        """Raise TrainingDiverged if any rank saw a NaN/inf loss or too many skipped steps (one host sync)."""
+        flags = torch.stack([self.diverged.float(), self.max_skips.float()])
+        if self.dist.ddp:
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        diverged, skips = flags.tolist()
+        self.max_skips = self.skips.clone()  # the next check looks at runs of skips from here on
+        check_divergence(bool(diverged), int(skips), self.iter_num)
 
     # ------------------------------------------------------------------ evaluate and checkpoint
 
@@ -281,37 +325,38 @@ class Trainer:
             (it != self.first_iter or cfg.init_from != "resume" or cfg.eval_only)
 
     def evaluate_and_checkpoint(self) -> bool:
-        """Estimate the losses, record them, save what is due; True when the run should end here."""
-        cfg, dist = self.cfg, self.dist
-        if any_rank(dist, self.device, bool(self.nonfinite))[0]:
-            raise TrainingDiverged(f"loss became NaN/inf before iteration {self.iter_num}")
-        reached = False
-        if dist.master:
-            losses = estimate_loss(self.raw_model, self.eval_loaders, cfg.eval_iters, self.autocast)
-            self.results.update(train_loss=losses["train"], val_loss=losses["val"])
-            self.progress.message(f"eval @ iter {self.iter_num}: train loss {losses['train']:.4f}, "
-                                  f"val loss {losses['val']:.4f}")
-            if not math.isfinite(losses["val"]):
-                raise TrainingDiverged(f"val loss is {losses['val']} at iteration {self.iter_num}")
-            if not cfg.eval_only:
-                self._record_eval(losses)
-                self._checkpoint_after_eval(losses["val"])
-                reached = cfg.target_loss is not None and losses["val"] <= cfg.target_loss
+        """Estimate the losses, record them, save what is due; True when the run should end here.
+
+        Every rank evaluates (FSDP's sharded forward needs them all; under DDP they would only wait)
+        and takes the same decisions from the same, rank-averaged losses; rank 0 writes.
+        """
+        cfg = self.cfg
+        self._check_health()
+        mine = estimate_loss(self.raw_model, self.eval_loaders, cfg.eval_iters, self.autocast)
+        losses = dict(zip(mine, mean_across_ranks(self.dist, list(mine.values()))))  # {"train": .., "val": ..}
+        self.results.update(train_loss=losses["train"], val_loss=losses["val"])
+        self.progress.message(f"eval @ iter {self.iter_num}: train loss {losses['train']:.4f}, "
+                              f"val loss {losses['val']:.4f}")
+        if not math.isfinite(losses["val"]):
+            raise TrainingDiverged(f"val loss is {losses['val']} at iteration {self.iter_num}")
         if cfg.eval_only:
             self.stopped = "eval_only"
             return True
-        if any_rank(dist, self.device, reached)[0]:
+        # the same seed on every rank: under FSDP each rank takes part in each forward
+        text = sample_text(self.raw_model, self.tokenizer, cfg.sample_tokens, self.device, cfg.seed) \
+            if cfg.sample_tokens else ""
+        self.results["sample"] = text
+        on_master(self.dist, "the eval's logging", lambda: self._record_eval(losses, text))
+        self._checkpoint_after_eval(losses["val"])
+        if cfg.target_loss is not None and losses["val"] <= cfg.target_loss:
             self.stopped = "target"
             return True
         self.t_log, self.it_log = time.time(), self.iter_num  # eval time is not training throughput
         return False
 
-    def _record_eval(self, losses: dict[str, float]) -> None:
-        """An eval's losses and sample go to metrics.jsonl, loss.png and wandb."""
-        cfg, it = self.cfg, self.iter_num
-        text = sample_text(self.raw_model, self.tokenizer, cfg.sample_tokens, self.device, cfg.seed) \
-            if cfg.sample_tokens else ""
-        self.results["sample"] = text
+    def _record_eval(self, losses: dict[str, float], text: str) -> None:
+        """An eval's losses and sample go to metrics.jsonl, loss.png and wandb (rank 0)."""
+        it = self.iter_num
         now = time.time()
         self.metrics.write("eval", now, iter=it, train_loss=losses["train"], val_loss=losses["val"])
         if text:
@@ -350,21 +395,47 @@ class Trainer:
                 self.save_best(val_loss)
             if improved or cfg.always_save_checkpoint or it >= cfg.max_iters:
                 self.save_checkpoint(val_loss)
+        self._gathered = None  # a gathered FSDP model is a whole copy in host memory: not kept
+
+    def _full_model(self) -> dict[str, torch.Tensor]:
+        """The whole model's tensors on rank 0 (gathered under FSDP: every rank must call this)."""
+        if self._gathered is None or self._gathered[0] != self.iter_num:
+            self._gathered = (self.iter_num, full_model_state(self.raw_model, self.dist, self.fsdp))
+        return self._gathered[1]
 
     def save_checkpoint(self, val_loss: float | None) -> None:
-        """Latest checkpoint: train_state.pt (for resume) then the model export (for sample.py)."""
+        """Latest checkpoint: train_state.pt (for resume) then the model export (for sample.py).
+
+        Every rank calls it: the state is gathered (each rank's RNG; the shards under FSDP); rank 0 writes.
+        """
         cfg, it = self.cfg, self.iter_num
-        save_train_state(self.out_dir, train_state(
-            self.raw_model, self.optimizers, self.scaler, iter=it, best_val_loss=self.best_val,
-            dtype=dtype_name(self.ptdtype), loader=self.train_loader.state_dict(), wandb_id=self.wandb_id,
-            tokens=self.tokens_seen, train_config=dataclasses.asdict(cfg)))
-        save_model(self.raw_model, self.out_dir,
-                   {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": self.best_val})
+        tensors = self._full_model()
+        optimizer_states = full_optimizer_states(self.raw_model, self.optimizers, self.dist, self.fsdp)
+        rng_ranks = gather_objects(self.dist, rng_state())
+
+        def write() -> None:
+            save_train_state(self.out_dir, train_state(
+                self.raw_model, tensors, optimizer_states, self.scaler, rng_ranks, iter=it,
+                best_val_loss=self.best_val, dtype=dtype_name(self.ptdtype), loader=self.train_loader.state_dict(),
+                wandb_id=self.wandb_id, tokens=self.tokens_seen, sharded=self.fsdp,
+                train_config=dataclasses.asdict(cfg)))
+            save_model(self.raw_model, self.out_dir,
+                       {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": self.best_val}, tensors)
+
+        on_master(self.dist, "saving a checkpoint", write)
+        self._gathered = None
 
     def save_best(self, val_loss: float) -> None:
-        best = self.out_dir / BEST_DIR
-        spec = self.tokenizer.save(best)
-        save_model(self.raw_model, best, {**self.extra, "tokenizer": spec, "iter": self.iter_num, "val_loss": val_loss})
+        """best/: the model export at the best val loss (every rank calls it; rank 0 writes)."""
+        tensors = self._full_model()
+
+        def write() -> None:
+            best = self.out_dir / BEST_DIR
+            spec = self.tokenizer.save(best)
+            save_model(self.raw_model, best, {**self.extra, "tokenizer": spec, "iter": self.iter_num,
+                                              "val_loss": val_loss}, tensors)
+
+        on_master(self.dist, "saving the best model", write)
 
     # ------------------------------------------------------------------ log
 
@@ -374,23 +445,24 @@ class Trainer:
     def log(self) -> None:
         """Loss, lr, grad norm, throughput and MFU: the only per-interval device sync; stops on NaN/inf."""
         dist, it = self.dist, self.iter_num
-        stats = torch.stack([self.last_loss.float(), self.grad_norm.float(), self.nonfinite.float()])
+        self._check_health()
+        stats = torch.stack([self.last_loss.float(), self.grad_norm.float()])
         if dist.ddp:  # the logged loss is the global batch's mean
             torch.distributed.all_reduce(stats)
-            stats[:2] /= dist.world_size
-        loss_v, gn_v, bad = stats.tolist()
-        if bad or not math.isfinite(loss_v):
-            raise TrainingDiverged(f"loss became {loss_v} at iteration {it}")
+            stats /= dist.world_size
+        loss_v, gn_v = stats.tolist()
         now = time.time()
-        tok_s = (it - self.it_log) * self.tokens_per_iter / max(now - self.t_log, 1e-9)
-        flops_s = tok_s * self.flops_per_iter / self.tokens_per_iter
-        mfu = flops_s / self.peak if self.peak else None
+        tok_s = flops_s = mfu = None  # an interval holding only the first (compiling) step has no throughput
+        if it > self.it_log:
+            tok_s = (it - self.it_log) * self.tokens_per_iter / max(now - self.t_log, 1e-9)
+            flops_s = tok_s * self.flops_per_iter / self.tokens_per_iter
+            mfu = dashboard.mfu(flops_s, self.dist.world_size, self.peak)
+            self.results["tokens_per_sec"] = tok_s
         self.t_log, self.it_log = now, it
-        self.results["tokens_per_sec"] = tok_s
         if not dist.master:
             return
         lr_now = self.optimizers[0].param_groups[0]["lr"]
-        self.progress.log(it, loss_v, lr_now, tok_s, gn_v, 1000 * self.tokens_per_iter / tok_s, mfu)
+        self.progress.log(it, loss_v, lr_now, tok_s, gn_v, 1000 * self.tokens_per_iter / tok_s if tok_s else None, mfu)
         if self.metrics is not None:
             self.metrics.write("log", now, iter=it, loss=loss_v, lr=lr_now, grad_norm=gn_v, tokens_per_sec=tok_s,
                                mfu=mfu, flops_per_sec=flops_s, tokens=self.tokens_seen)
@@ -401,17 +473,17 @@ class Trainer:
     # ------------------------------------------------------------------ stop
 
     def stop_requested(self, stop: StopRequest) -> bool:
-        """A signal arrived: every rank agrees on this step (DDP checks at log steps only), saves, and ends."""
-        dist = self.dist
-        check_now = not dist.ddp or self.iter_num % self.cfg.log_interval == 0
-        if not (check_now and any_rank(dist, self.device, stop.requested is not None)[0]):
+        """A signal arrived on any rank: every rank agrees on this very step, saves, and ends.
+
+        Checked every step (one flag over gloo, no GPU sync): torchrun SIGKILLs its workers 30 s after
+        forwarding a signal, so waiting for the next log step could lose the save.
+        """
+        if not any_rank(self.dist, stop.requested is not None)[0]:
             return False
-        if any_rank(dist, self.device, bool(self.nonfinite))[0]:
-            raise TrainingDiverged(f"loss became NaN/inf before iteration {self.iter_num}")
-        if dist.master:
-            self.save_checkpoint(None)
-            self.progress.message(f"stopped at iteration {self.iter_num} ({stop.requested or 'signal'}); "
-                                  f"checkpoint saved in {self.out_dir}. Resume with: {resume_command(self.cfg)}")
+        self._check_health()
+        self.save_checkpoint(None)
+        self.progress.message(f"stopped at iteration {self.iter_num} ({stop.requested or 'signal'}); "
+                              f"checkpoint saved in {self.out_dir}. Resume with: {resume_command(self.cfg)}")
         self.stopped = "signal"
         return True
 
@@ -422,18 +494,22 @@ class Trainer:
         return {**self.results, "iters": self.iter_num, "best_val_loss": best, "time": time.time() - self.t_start,
                 "tokens": self.tokens_seen, "stopped": self.stopped}
 
-    def close(self) -> None:
-        """End the dashboards and the process group; put the thread count back."""
+    def close(self, failed: bool = False) -> None:
+        """End the dashboards and the process group; put the thread count back.
+
+        ``failed``: leaving on an exception; then no closing barrier, which another rank still inside
+        a collective could take for its own (this process exits, and torchrun ends the others).
+        """
         self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.wb is not None:
             self.wb.finish()
-        teardown(self.dist)
+        teardown(self.dist, barrier=not failed)
         torch.set_num_threads(self.threads_before)
 
     def __enter__(self) -> "Trainer":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(failed=exc_type is not None)
