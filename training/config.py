@@ -37,7 +37,8 @@ class TrainConfig:
     keep_best: bool = opt(True, "keep the best-val-loss model in out_dir/best/")
     sample_tokens: int = opt(200, "tokens of text generated at each eval (logged, and printed at the end); 0 = none")
     attention_png: bool = opt(True, "at each eval, draw every layer's and head's attention over the first tokens of "
-                                    "the val split to out_dir/attention.png (and wandb): watch heads specialise")
+                                    "the val split to out_dir/attention.png (and wandb): watch heads specialise "
+                                    "(not with --fsdp)")
     # data
     dataset: str = opt("shakespeare", "corpus: shakespeare, tinyshakespeare, a hub id (owner/name), or a name for --input")
     input: str | None = opt(None, "local text for the corpus: a file, folder or glob (see data/prepare.py)")

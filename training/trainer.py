@@ -346,7 +346,10 @@ class Trainer:
         text = sample_text(self.raw_model, self.tokenizer, cfg.sample_tokens, self.device, cfg.seed) \
             if cfg.sample_tokens else ""
         self.results["sample"] = text
-        on_master(self.dist, "the eval's logging", lambda: self._record_eval(losses, text))
+        # every rank draws (a forward, as above); not under FSDP, whose sharded weights the layer-by-layer
+        # attention_maps pass does not gather
+        view = self._attention_view() if cfg.attention_png and not (cfg.fsdp and self.dist.ddp) else None
+        on_master(self.dist, "the eval's logging", lambda: self._record_eval(losses, text, view))
         self._checkpoint_after_eval(losses["val"])
         if cfg.target_loss is not None and losses["val"] <= cfg.target_loss:
             self.stopped = "target"
@@ -354,36 +357,35 @@ class Trainer:
         self.t_log, self.it_log = time.time(), self.iter_num  # eval time is not training throughput
         return False
 
-    def _record_eval(self, losses: dict[str, float], text: str) -> None:
-        """An eval's losses and sample go to metrics.jsonl, loss.png and wandb (rank 0)."""
+    def _record_eval(self, losses: dict[str, float], text: str, view: Any) -> None:
+        """An eval's losses, sample and attention picture go to metrics.jsonl, loss.png, attention.png
+        and wandb (rank 0)."""
         it = self.iter_num
         now = time.time()
         self.metrics.write("eval", now, iter=it, train_loss=losses["train"], val_loss=losses["val"])
         if text:
             self.metrics.write("sample", now, iter=it, text=text)
         dashboard.plot_losses(self.out_dir)
-        if cfg.attention_png:
-            self._draw_attention()
+        if view is not None:
+            write_picture(self.out_dir / ATTENTION_FILE, view)
+            if self.wb is not None:
+                self.wb.log_image("attention", self.out_dir / ATTENTION_FILE, it)
         if self.wb is not None:
             self.wb.log({"train/loss_eval": losses["train"], "val/loss": losses["val"], "tokens": self.tokens_seen},
                         step=it)
             if text:
                 self.wb.log_sample(text, it)
 
-    def _draw_attention(self) -> None:
-        """attention.png (and wandb's "attention" image): every layer's and head's weights over the val split's
-        first tokens, the same text at every eval, so the heads can be seen specialising as training goes on."""
+    def _attention_view(self) -> Any:
+        """Every layer's and head's weights over the val split's first tokens, the same text at every eval,
+        so attention.png (and wandb's "attention" image) shows the heads specialising as training goes on."""
         n = min(ATTENTION_PROMPT_TOKENS, self.raw_model.config.block_size)
         ids = read_tokens(self.data_folder / "val.bin")[:n].tolist()
         if len(ids) < 2:
-            return
-        view = attention_view(self.raw_model, self.tokenizer, ids, len(ids),
+            return None
+        return attention_view(self.raw_model, self.tokenizer, ids, len(ids),
                               title=f"{self.out_dir}: attention at iteration {self.iter_num} (val split, first "
                                     f"{len(ids)} tokens)")
-        path = self.out_dir / ATTENTION_FILE
-        write_picture(path, view)
-        if self.wb is not None:
-            self.wb.log_image("attention", path, self.iter_num)
 
     def _checkpoint_after_eval(self, val_loss: float) -> None:
         """best/ when val improved; the latest checkpoint always (or when improved, or at the end)."""
