@@ -91,7 +91,11 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input file not found: {path}; check --input (a file, folder or glob)")
-    return decode_utf8(path.read_bytes(), path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check --input") from None
+    return decode_utf8(data, path)
 
 
 # ---------------------------------------------------------------------------- tinyshakespeare

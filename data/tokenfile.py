@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import multiprocessing as mp
+import signal
 from collections import deque
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence, TypeVar
@@ -65,6 +66,10 @@ _worker_tokenizer: Tokenizer | None = None
 def _init_worker(tokenizer: Tokenizer) -> None:
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
+    # a forked worker inherits the parent's handlers; the parent alone decides what a signal means
+    # (Ctrl-C reaches every process of the group): ignore SIGINT, and let SIGTERM (pool.terminate) just end it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _encode_chunk(args: tuple[list[Piece], bool]) -> list[tuple[str, list[int]]]:

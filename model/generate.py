@@ -34,14 +34,18 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
 from runtime.errors import DeviceError
+from runtime.memory import ensure_fits
 
 from .kv_cache import KVCache
 from .sampling import apply_repetition_penalty, check_sampling_args, sample_next
+
+if TYPE_CHECKING:
+    from .config import GPTConfig
 
 
 def _make_generator(device: torch.device, seed: int | None,
@@ -77,6 +81,19 @@ def check_can_compile(device: torch.device) -> None:
     if device.type == "cpu" and cpu_compiler() is None:
         raise DeviceError("--compile: torch.compile on CPU needs a C++ compiler: install g++ (or set $CXX), "
                           "or drop --compile")
+
+
+def generation_bytes(config: "GPTConfig", batch_size: int, prompt_len: int, max_new_tokens: int,
+                     dtype_bytes: int = 4) -> int:
+    """A lower bound on the memory ``generate_stream`` allocates besides the model, in bytes.
+
+    The KV cache (keys and values of every layer over the whole context), the token buffer
+    (prompt + every new token, int64) and a step's logits and probabilities (fp32).
+    """
+    kv_cache = 2 * config.n_layer * batch_size * config.n_kv_head * config.block_size * config.head_dim * dtype_bytes
+    tokens = 8 * batch_size * (prompt_len + max_new_tokens)
+    logits = 2 * 4 * batch_size * config.vocab_size
+    return kv_cache + tokens + logits
 
 
 @functools.cache
@@ -117,6 +134,8 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
 
     B, T0 = idx.shape
     device = idx.device
+    ensure_fits(generation_bytes(cfg, B, T0, max_new_tokens, dtype_bytes=2), str(device), f"generating {max_new_tokens:,} tokens "
+                f"x {B} row(s)", "generate fewer tokens or rows at a time")  # a huge request fails here, in one line
     gen = _make_generator(device, seed, generator)
     tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)  # written in place, no cat
     tokens[:, :T0] = idx

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -105,14 +106,30 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            f = float(value)
+            if not math.isfinite(f):  # no option means anything by nan or inf; refused here, once
+                raise UsageError(f"--{key}: expected a finite number, got {value!r}")
+            return f
         if base is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
+            if "\0" in str(value):  # no path or text option can hold one (a command line cannot even pass it)
+                raise UsageError(f"--{key}: contains a NUL character")
             return str(value)
+    except UsageError:
+        raise
     except (ValueError, TypeError):
         raise UsageError(f"--{key}: expected {type_name(tp)}, got {value!r}") from None
     raise UsageError(f"--{key}: unsupported option type {tp!r}")  # a programming error, kept loud
+
+
+SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63: torch, numpy and JSON all hold them exactly
+
+
+def check_seed(seed: int | None, key: str = "seed") -> None:
+    """UsageError unless ``seed`` is None or in the documented range [0, 2**63)."""
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"--{key}={seed} is out of range; give a whole number from 0 to 2**63-1")
 
 
 # ---------------------------------------------------------------------------- parsing

@@ -21,6 +21,7 @@ from conftest import ROOT
 
 import train
 from model.checkpoint import load_train_state
+from runtime.errors import CheckpointError
 from runtime.options import load_toml, run_main
 from train import load_config
 from training.config import TrainConfig
@@ -193,7 +194,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
         raise OSError("simulated crash mid-write")
 
     monkeypatch.setattr(checkpoint.torch, "save", dies_mid_write)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(CheckpointError, match="simulated crash mid-write; the previous file was kept"):
         run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert torn == [20]  # the crash hit the train_state write of iteration 20
