@@ -132,11 +132,11 @@ def checkpoint_folder(out_dir: str | Path, which: str = "auto") -> tuple[Path, s
     if not is_checkpoint(folder):
         if which == "best" and is_checkpoint(out):
             raise CheckpointError(f"no best checkpoint in {out} yet; use --checkpoint=latest")
-        if holds_run(out):
-            raise CheckpointError(f"{out} holds no complete checkpoint yet: the run stopped before its first save "
+        if which == "latest" and holds_run(out) and not (out / CONFIG_FILE).is_file():
+            raise CheckpointError(f"no latest checkpoint in {out} yet: the run stopped before its first save "
                                   "(it saves at each eval after the first); train longer, or resume it if it "
                                   "has a train_state.pt")
-        raise CheckpointError(f"no {which} checkpoint: {folder} has no {CONFIG_FILE} and {WEIGHTS_FILE} "
+        raise CheckpointError(f"no {which} checkpoint: {folder} lacks a complete {CONFIG_FILE} + {WEIGHTS_FILE} "
                               "(train first, or point --out_dir at a run folder)")
     return folder, which
 

@@ -78,7 +78,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if typing.get_origin(base) is list:
             (inner,) = typing.get_args(base)
             items = value if isinstance(value, list) else [value]
-            return [coerce(v, inner, key) for v in items]
+            try:
+                return [coerce(v, inner, key) for v in items]
+            except UsageError:
+                raise ValueError from None  # named with the list type below
         if base is bool:
             if isinstance(value, bool):
                 return value

@@ -81,9 +81,21 @@ def test_coerce_int_round_trips(n: int) -> None:
     assert coerce(float(n), int, "k") == n
 
 
-@given(x=st.floats(allow_nan=False))
+@given(x=st.floats(allow_nan=False, allow_infinity=False))
 def test_coerce_float_round_trips(x: float) -> None:
     assert coerce(repr(x), float, "k") == x
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", float("nan"), float("inf")])
+def test_coerce_refuses_non_finite_floats(value) -> None:
+    """No option means anything by nan or inf (a learning rate of nan trains nothing)."""
+    with pytest.raises(UsageError, match="^--k: expected a finite number"):
+        coerce(value, float, "k")
+
+
+def test_coerce_refuses_a_nul_character_in_text() -> None:
+    with pytest.raises(UsageError, match="NUL"):
+        coerce("out\0dir", str, "out_dir")
 
 
 # ---------------------------------------------------------------------------- TOML
