@@ -109,6 +109,9 @@ def load_meta(folder: str | Path) -> dict:
         raise DataError(f"{path}: vocab_size is {vocab!r}, not a positive whole number; {fix}")
     if not isinstance(meta.get("tokenizer"), dict):
         raise DataError(f"{path} has no tokenizer spec; {fix}")
+    for name in ("train.bin", "val.bin", META):
+        if member(folder, name) is None:
+            raise DataError(f"{Path(folder) / name} is a link out of its folder; {fix}")
     if meta.get("dtype") != token_dtype(vocab).name:
         raise DataError(f"{path}: token dtype {meta.get('dtype')!r} does not fit vocab_size {vocab} "
                         f"(expected {token_dtype(vocab).name}); {fix}")

@@ -251,15 +251,23 @@ def _bpe_from_ranks(ranks: dict[bytes, int], pattern: str) -> TiktokenTokenizer:
 # ---------------------------------------------------------------------------- loading
 
 
-def tokenizer_file(spec: dict, folder: str | Path) -> Path:
-    """The file a spec names, inside ``folder``: DataError for a name that leads out of it, or a missing file."""
+def tokenizer_file(spec: dict, folder: str | Path) -> tuple[Path, str]:
+    """(path, sha256) of the file a spec names, inside ``folder``.
+
+    DataError for a name that leads out of the folder, a missing file, or a file whose sha256 is
+    not the one the spec recorded (it belongs to another corpus or run).
+    """
     path = member(folder, spec.get("file"))
     if path is None:
         raise DataError(f"the tokenizer spec in {folder} names {spec.get('file')!r}, which is not a file inside "
                         "that folder; the folder is corrupt or hostile: rebuild it")
     if not path.is_file():
         raise DataError(f"tokenizer file not found: {path} (re-run data/prepare.py, or restore the run folder)")
-    return path
+    digest = file_sha256(path)
+    if isinstance(spec.get("sha256"), str) and digest != spec["sha256"]:
+        raise DataError(f"{path} is not the tokenizer this folder was saved with (its sha256 differs): it belongs "
+                        "to another corpus or run; restore the original file")
+    return path, digest
 
 
 def tokenizer_fingerprint(spec: dict, folder: str | Path) -> str:
@@ -268,7 +276,7 @@ def tokenizer_fingerprint(spec: dict, folder: str | Path) -> str:
         raise DataError(f"no usable tokenizer spec for {folder}: {spec!r}")
     if spec["kind"] == "gpt2":
         return "gpt2"
-    return f"{spec['kind']}:{file_sha256(tokenizer_file(spec, folder))}"
+    return f"{spec['kind']}:{tokenizer_file(spec, folder)[1]}"
 
 
 def load_tokenizer(spec: dict, folder: str | Path, gpt2_ranks: str | None = None) -> Tokenizer:
@@ -285,10 +293,7 @@ def load_tokenizer(spec: dict, folder: str | Path, gpt2_ranks: str | None = None
         return TiktokenTokenizer("gpt2", get_gpt2_encoding(gpt2_ranks))
     if kind not in KINDS:
         raise DataError(f"unknown tokenizer kind {kind!r} in {folder}; known: {', '.join(KINDS)}")
-    path = tokenizer_file(spec, folder)
-    if isinstance(spec.get("sha256"), str) and file_sha256(path) != spec["sha256"]:
-        raise DataError(f"{path} is not the tokenizer this folder was saved with (its sha256 differs): it belongs "
-                        "to another corpus or run; restore the original file")
+    path, _ = tokenizer_file(spec, folder)
     if kind == "char":
         try:
             with open(path, encoding="utf-8") as f:

@@ -322,6 +322,7 @@ def run_main(fn: Callable[[], Any]) -> None:
         if os.environ.get("QUILLGPT_DEBUG"):
             raise
         msg = str(e) if isinstance(e, QuillError) else f"file not found: {e.filename or e}"
+        msg = " ".join(part.strip() for part in msg.splitlines() if part.strip())  # one line, whatever a cause said
         print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
     except BrokenPipeError:  # `... --help | head -1`: the reader left early, which is not an error

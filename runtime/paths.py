@@ -33,6 +33,8 @@ def writable_dir_problem(path: str | os.PathLike) -> str | None:
     if p.exists() and not p.is_dir():
         return f"{p} is a file, not a folder"
     existing = _nearest_existing(p)
+    if existing.is_symlink() and not existing.exists():
+        return f"{existing} is a broken link"
     if not existing.is_dir():
         return f"{existing} is a file, so no folder can be made inside it"
     if not os.access(existing, os.W_OK | os.X_OK):

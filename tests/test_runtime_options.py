@@ -233,6 +233,14 @@ def test_run_main_turns_any_quill_error_into_one_line_and_exit_2(error, capsys, 
     assert out == "" and err == "error: what went wrong; what to do\n"
 
 
+def test_run_main_keeps_a_multi_line_cause_on_one_line(capsys, monkeypatch) -> None:
+    """A library's own message may hold newlines (tarfile's does); the error is still one line."""
+    monkeypatch.delenv("QUILLGPT_DEBUG", raising=False)
+    with pytest.raises(SystemExit):
+        run_main(raiser(DataError("x.tar: unreadable (tried:\n - gzip: bad\n - tar: bad); pass a tarball")))
+    assert capsys.readouterr().err == "error: x.tar: unreadable (tried: - gzip: bad - tar: bad); pass a tarball\n"
+
+
 def test_run_main_passes_exit_codes_through_and_lets_bugs_raise(capsys, monkeypatch) -> None:
     monkeypatch.delenv("QUILLGPT_DEBUG", raising=False)
     for returned, code in ((None, 0), (0, 0), (3, 3), (130, 130)):
