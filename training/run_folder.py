@@ -66,8 +66,8 @@ def check_resumable(out: Path) -> None:
         run_member(out, name)  # a link out of the folder is refused, never followed
     if not (out / STATE_FILE).is_file():
         if holds_run(out):
-            raise CheckpointError(f"cannot resume {out}: it has no {STATE_FILE}, so the run never saved a checkpoint "
-                                  f"(it was stopped before its first save); {hint}")
+            raise CheckpointError(f"cannot resume {out}: it has no {STATE_FILE} (the run was stopped before its "
+                                  f"first train state was saved); {hint}")
         raise CheckpointError(f"cannot resume: no {STATE_FILE} in {out}; train a run there first "
                               f"(python train.py --out_dir={shlex.quote(str(out))}) or pick another --out_dir")
 

@@ -375,28 +375,31 @@ class Trainer:
                 self.wb.log_sample(text, it)
 
     def _checkpoint_after_eval(self, val_loss: float) -> None:
-        """The latest checkpoint always (or when improved, or at the end), then best/ when val improved.
+        """best/ when val improved, then the latest checkpoint (always, or when improved, or at the end).
 
-        The resumable state goes first: a kill between the two loses nothing a resume needs.
+        train_state.pt is the commit point of a checkpoint and is written last (best/, then the model
+        export, then the state; see save_checkpoint): a kill anywhere before it resumes from the
+        previous state, which trains and evaluates this interval again and rewrites best/ and the
+        export. So neither best/ nor the export can lag behind the state a run resumes from.
         """
         cfg, it = self.cfg, self.iter_num
         improved = val_loss < self.best_val
         self.best_val = min(self.best_val, val_loss)
         if it > self.first_iter or cfg.init_from != "scratch":
-            if improved or cfg.always_save_checkpoint or it >= cfg.max_iters:
-                self.save_checkpoint(val_loss)
             if improved and cfg.keep_best:
                 self.save_best(val_loss)
+            if improved or cfg.always_save_checkpoint or it >= cfg.max_iters:
+                self.save_checkpoint(val_loss)
 
     def save_checkpoint(self, val_loss: float | None) -> None:
-        """Latest checkpoint: train_state.pt (for resume) then the model export (for sample.py)."""
+        """Latest checkpoint: the model export (for sample.py), then train_state.pt (for resume), last."""
         cfg, it = self.cfg, self.iter_num
+        save_model(self.raw_model, self.out_dir,
+                   {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": self.best_val})
         save_train_state(self.out_dir, train_state(
             self.raw_model, self.optimizers, self.scaler, iter=it, best_val_loss=self.best_val,
             dtype=dtype_name(self.ptdtype), loader=self.train_loader.state_dict(), wandb_id=self.wandb_id,
             tokens=self.tokens_seen, train_config=dataclasses.asdict(cfg), tokenizer=self.extra["tokenizer"]))
-        save_model(self.raw_model, self.out_dir,
-                   {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": self.best_val})
         self.saved_iter = it
 
     def save_best(self, val_loss: float) -> None:
