@@ -199,12 +199,16 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
         run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert torn == [20]  # the crash hit the train_state write of iteration 20
-    # the old checkpoint is whole, and the exported model was not paired with a newer state
-    assert {name: (out / name).read_bytes() for name in before} == before
+    # the train state, a checkpoint's commit point and its last file, is the old one, whole; the model
+    # export (written just before it) is iteration 20's, which the resume will reproduce exactly
+    assert (out / "train_state.pt").read_bytes() == before["train_state.pt"]
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["iter"] == 20
+    exported = (out / "model.safetensors").read_bytes()
     assert not list(out.glob(".*.tmp"))
     assert load_train_state(out)["iter"] == 10
     res = run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
-    assert res["iters"] == 20
+    assert res["iters"] == 20 and load_train_state(out)["iter"] == 20
+    assert (out / "model.safetensors").read_bytes() == exported
 
 
 def test_sigterm_saves_and_says_how_to_resume(tmp_path: Path, corpus) -> None:
