@@ -259,7 +259,8 @@ class Harness:
         f.mid_write += bool(temps)
         # inside the first checkpoint: some of it is on disk (best/, a checkpoint file or its temp), not all of it
         parts = [n for n in ("best", "train_state.pt", "model.safetensors") if (folder / n).exists()]
-        parts += [t for t in temps if any(f".{n}." in t for n in ("train_state.pt", "model.safetensors", "config.json"))]
+        checkpoint_files = ("train_state.pt", "model.safetensors", "config.json")
+        parts += [t for t in temps if any(f".{n}." in t for n in checkpoint_files)]
         f.first_checkpoint_incomplete += bool(parts) and not (folder / "config.json").is_file()
         result, out = self.run("sample", ["--out_dir", str(folder), "--max_new_tokens=4", "--seed=0", "--device=cpu"])
         lines = [ln for ln in out.splitlines() if ln.strip()]

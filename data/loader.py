@@ -76,7 +76,7 @@ class BatchLoader:
         self.block_size, self.batch_size = block_size, batch_size
         self.mode, self.seed, self.rank, self.world_size = mode, seed, rank, world_size
         self.device = torch.device(device)
-        self.vocab_size = vocab_size  # if given, every batch is checked against it (a tampered file cannot index past it)
+        self.vocab_size = vocab_size  # if given, every batch is checked: a tampered file cannot index past it
         self.n_tokens = self.path.stat().st_size // self.dtype.itemsize
         if self.n_tokens < block_size + 1:
             raise DataError(f"{self.path} has {self.n_tokens:,} tokens, too few for one window of block_size+1="
@@ -114,7 +114,7 @@ class BatchLoader:
         tokens = np.memmap(self.path, dtype=self.dtype, mode="r")  # fresh map per batch: see module docstring
         buf = np.stack([tokens[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
         del tokens
-        if self.vocab_size is not None and buf.max() >= self.vocab_size:  # one pass over B x T ids: noise next to a step
+        if self.vocab_size is not None and buf.max() >= self.vocab_size:  # one pass over B x T ids: cheap
             raise DataError(f"{self.path} holds token id {int(buf.max())}, outside the vocabulary ({self.vocab_size}): "
                             "the file does not belong to this tokenizer; rebuild it with data/prepare.py --force")
         batch = torch.from_numpy(buf)

@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import pickle
+import shlex
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -122,7 +123,8 @@ def checkpoint_folder(out_dir: str | Path, which: str = "auto") -> tuple[Path, s
     """
     out = Path(out_dir)
     if not out.is_dir():
-        raise CheckpointError(f"run folder not found: {out} (train one with `python train.py --out_dir={out}`, "
+        raise CheckpointError(f"run folder not found: {out} (train one with "
+                              f"`python train.py --out_dir={shlex.quote(str(out))}`, "
                               "or pass --out_dir / --init_from)")
     best = run_member(out, BEST_DIR)
     if which == "best" or (which == "auto" and is_checkpoint(best)):
@@ -251,7 +253,8 @@ def load_model(folder: str | Path, **overrides: Any) -> tuple[GPT, dict[str, Any
     """Rebuild the GPT saved in a run folder, config fields in ``overrides`` replaced; returns (model, config.json)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"run folder not found: {folder} (train one with `python train.py --out_dir={folder}`)")
+        raise CheckpointError(f"run folder not found: {folder} (train one with "
+                              f"`python train.py --out_dir={shlex.quote(str(folder))}`)")
     meta = read_config(folder)
     model = build_model(model_config(meta, folder / CONFIG_FILE, **overrides), folder)
     load_tensors(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
@@ -274,7 +277,7 @@ def save_train_state(folder: str | Path, state: dict[str, Any]) -> None:
 def load_train_state(folder: str | Path) -> dict[str, Any]:
     """Read ``train_state.pt`` with ``weights_only=True`` (memory-mapped); CheckpointError for any problem."""
     folder = Path(folder)
-    hint = f"train a run there first (python train.py --out_dir={folder}) or pick another --out_dir"
+    hint = f"train a run there first (python train.py --out_dir={shlex.quote(str(folder))}) or pick another --out_dir"
     if not folder.is_dir():
         raise CheckpointError(f"cannot resume: run folder {folder} does not exist; {hint}")
     path = run_member(folder, STATE_FILE)

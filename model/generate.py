@@ -134,8 +134,9 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
 
     B, T0 = idx.shape
     device = idx.device
-    ensure_fits(generation_bytes(cfg, B, T0, max_new_tokens, dtype_bytes=2), str(device), f"generating {max_new_tokens:,} tokens "
-                f"x {B} row(s)", "generate fewer tokens or rows at a time")  # a huge request fails here, in one line
+    # a request too big for the machine fails here, in one line (2 bytes: autocast may halve the cache)
+    ensure_fits(generation_bytes(cfg, B, T0, max_new_tokens, dtype_bytes=2), str(device),
+                f"generating {max_new_tokens:,} tokens x {B} row(s)", "generate fewer tokens or rows at a time")
     gen = _make_generator(device, seed, generator)
     tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)  # written in place, no cat
     tokens[:, :T0] = idx

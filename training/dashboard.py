@@ -96,7 +96,8 @@ def truncate_metrics(path: Path, keep_until: int) -> None:
         except json.JSONDecodeError:
             continue
         whole = line.endswith("\n")
-        if whole and isinstance(event, dict) and not (isinstance(event.get("iter"), int) and event["iter"] > keep_until):
+        later = isinstance(event, dict) and isinstance(event.get("iter"), int) and event["iter"] > keep_until
+        if whole and isinstance(event, dict) and not later:
             kept.append(line)
     data = "".join(kept).encode("utf-8")
     if data != raw:

@@ -261,7 +261,8 @@ class Trainer:
             if deleted:
                 self.say(f"--overwrite: deleted the previous run's {', '.join(deleted)} in {self.out_dir}")
             spec = self.tokenizer.save(self.out_dir)
-            self.metrics = dashboard.MetricsLog(self.out_dir, self.t_start, keep_until=self.iter_num if resumed else None)
+            self.metrics = dashboard.MetricsLog(self.out_dir, self.t_start,
+                                                keep_until=self.iter_num if resumed else None)
         self.extra = {"train": dataclasses.asdict(cfg), "tokenizer": spec,
                       "data": {k: meta.get(k) for k in ("dataset", "source", "split", "vocab_size", "train_tokens",
                                                         "val_tokens")},
