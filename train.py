@@ -3,6 +3,7 @@
     python train.py                                    # ~5 min on a laptop CPU: Shakespeare, characters
     python train.py configs/shakespeare_char.toml      # nanoGPT's GPU recipe
     python train.py --init_from=resume --out_dir=out   # continue a run exactly where it stopped
+    python train.py --out_dir=out --overwrite          # start over where a run already is (deletes it)
     torchrun --standalone --nproc_per_node=8 train.py configs/gpt2_124m.toml
 
 Several machines (run on each node; node 0's address as master, same port everywhere):

@@ -611,3 +611,16 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_checkpoint(world: P
     assert "Traceback" not in err
     assert {n: (run / n).read_bytes() for n in keep} == keep
     assert not list(run.glob(".*.tmp")) and not list(run.glob("best/.*.tmp"))
+
+
+def test_a_tiny_temperature_samples_greedily_instead_of_failing(world: Path, capsysbinary) -> None:
+    """--temperature=1e-40 used to overflow to inf/NaN and crash; it is simply (almost) greedy."""
+    texts = []
+    for temperature in ("1e-40", "0"):
+        capsysbinary.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_main(lambda: sample.main([f"--out_dir={world / 'run'}", "--max_new_tokens=30", "--seed=3",
+                                          f"--temperature={temperature}", "--no-stream"]))
+        assert e.value.code == 0
+        texts.append(capsysbinary.readouterr().out)
+    assert texts[0] == texts[1] and len(texts[0]) > 10
