@@ -40,7 +40,7 @@ from typing import Any
 from runtime.errors import CheckpointError, UsageError
 from runtime.options import coerce, parse, run_main
 from training.config import TrainConfig
-from training.control import Interrupted, StopRequest, TrainingDiverged
+from training.control import Interrupted, StopRequest, TrainingDiverged, signal_exit_code
 
 NOT_RESUMED = ("init_from", "eval_only", "overwrite")  # saved options a resume never takes over
 
@@ -59,7 +59,7 @@ def train(cfg: TrainConfig, log_to_console: bool = True, stop: StopRequest | Non
             stop.arm()  # from here a first signal means: finish this step, save, stop
             try:
                 while True:
-                    if run.eval_due() and run.evaluate_and_checkpoint():  # True: eval_only, or the target was reached
+                    if run.eval_due() and run.evaluate_and_checkpoint():  # True: eval_only, or the target reached
                         break
                     if run.iter_num >= cfg.max_iters:
                         break
@@ -120,8 +120,8 @@ def report(cfg: TrainConfig, result: dict[str, Any], stop: StopRequest) -> int:
     if result["stopped"] == "eval_only":
         print(f"eval: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}")
         return 0
-    if result["stopped"] == "signal":  # the loop said what it saved; nothing to resume from is not a clean stop
-        return 0 if result["saved_iter"] is not None else Interrupted(stop.requested or "SIGINT", "training").exit_code
+    if result["stopped"] == "signal":  # the loop said what it saved; with nothing to resume from, not a clean stop
+        return 0 if result["saved_iter"] is not None else signal_exit_code(stop.requested or "SIGINT")
     if result.get("sample"):
         print(f"\n--- sample at iteration {result['iters']} ---\n{result['sample']}\n---")
     where = Path(cfg.out_dir)

@@ -21,6 +21,11 @@ import threading
 from typing import Any
 
 
+def signal_exit_code(signame: str) -> int:
+    """128 + the signal number, as a shell reports a program ended by that signal (SIGINT 130, SIGTERM 143)."""
+    return 128 + int(signal.Signals[signame])
+
+
 class Interrupted(BaseException):
     """A signal that ends the program now: it came outside the training loop, or it was the second."""
 
@@ -39,8 +44,7 @@ class Interrupted(BaseException):
 
     @property
     def exit_code(self) -> int:
-        """128 + the signal number, as a shell reports a program ended by that signal (130, 143)."""
-        return 128 + int(signal.Signals[self.signame])
+        return signal_exit_code(self.signame)
 
 
 class StopRequest:
