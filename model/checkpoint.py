@@ -134,12 +134,12 @@ def checkpoint_folder(out_dir: str | Path, which: str = "auto") -> tuple[Path, s
     if not is_checkpoint(folder):
         if which == "best" and is_checkpoint(out):
             raise CheckpointError(f"no best checkpoint in {out} yet; use --checkpoint=latest")
-        if which == "latest" and holds_run(out) and not (out / CONFIG_FILE).is_file():
-            raise CheckpointError(f"no latest checkpoint in {out} yet: the run stopped before its first save "
-                                  "(it saves at each eval after the first); train longer, or resume it if it "
-                                  "has a train_state.pt")
-        raise CheckpointError(f"no {which} checkpoint: {folder} lacks a complete {CONFIG_FILE} + {WEIGHTS_FILE} "
-                              "(train first, or point --out_dir at a run folder)")
+        if not (folder / CONFIG_FILE).is_file():  # written last: nothing complete was ever saved there
+            raise CheckpointError(f"no {which} checkpoint in {out} yet: nothing has been saved there (a run saves "
+                                  "at its evals after iteration 0, and may have been stopped before); train longer, "
+                                  "or point --out_dir at another run folder")
+        raise CheckpointError(f"no {which} checkpoint: {folder} has a {CONFIG_FILE} but no {WEIGHTS_FILE}; "
+                              "restore it or retrain")
     return folder, which
 
 
