@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Sequence
 
 from runtime.device import DTYPES
-from runtime.errors import DataError, UsageError
-from runtime.options import opt, parse, run_main
+from runtime.errors import DataError, QuillError, UsageError
+from runtime.options import check_seed, opt, parse, run_main
 
 if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
     import torch
@@ -64,8 +64,8 @@ class SampleOptions:
     min_p: float = opt(0.0, "drop tokens less likely than min_p x the most likely one, in [0, 1]; 0 = off")
     repetition_penalty: float = opt(1.0, "CTRL penalty on tokens already in the context (> 0); 1 = off")
     num_samples: int = opt(1, "samples to write, generated together as one batch (>= 1)")
-    seed: int | None = opt(None, "random seed; the same seed gives the same text, every sample included; "
-                                 "none = a fresh seed, shown on stderr")
+    seed: int | None = opt(None, "random seed, 0 to 2**63-1; the same seed gives the same text, every sample "
+                                 "included; none = a fresh seed, shown on stderr")
     stop: list[str] = opt([], "a sample ends at the first occurrence of this string, which is not printed; "
                               "repeat for several; \\n, \\t and \\\\ are read as escapes")
     stop_at_eot: bool = opt(True, "a sample ends at <|endoftext|> (bpe/gpt2 tokenizers); --no-stop_at_eot prints "
@@ -114,7 +114,11 @@ def check_options(o: SampleOptions) -> None:
         raise UsageError(f"--threads must be >= 0 (0 = auto), got {o.threads}")
     if any(s == "" for s in o.stop):
         raise UsageError("--stop needs a non-empty string")
-    check_sampling_args(o.temperature, o.top_k, o.top_p, o.min_p, o.repetition_penalty)
+    check_seed(o.seed)
+    try:
+        check_sampling_args(o.temperature, o.top_k, o.top_p, o.min_p, o.repetition_penalty)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from None
 
 
 def unescape(s: str) -> str:
@@ -152,7 +156,17 @@ def resolve_source(o: SampleOptions) -> Source:
         if path.is_dir():
             meta = checkpoint.read_config(path)
             if "model" in meta:  # our own run folder
+                if not checkpoint.is_checkpoint(path):
+                    raise UsageError(f"--init_from={path}: its {checkpoint.WEIGHTS_FILE} is missing (a run stopped "
+                                     "before its first save?); give a folder with a saved model")
                 return Source(path, None, meta, str(path))
+            try:  # a config.json that is neither ours nor GPT-2's is refused before anything is downloaded
+                checkpoint.config_from_hf(meta)
+            except QuillError as e:
+                raise UsageError(f"--init_from={path}: its config.json has no 'model' section (quillgpt) and is not "
+                                 f"a GPT-2 config either ({e})") from None
+            if not (path / checkpoint.WEIGHTS_FILE).is_file():
+                raise UsageError(f"--init_from={path}: no {checkpoint.WEIGHTS_FILE} beside its GPT-2 config.json")
             return Source(None, o.init_from, {}, f"{path} (Hugging Face GPT-2 folder)")
         if checkpoint.looks_local(o.init_from):
             raise UsageError(f"--init_from: no such folder: {o.init_from} (give a run folder, a Hugging Face "
@@ -187,6 +201,8 @@ def load_tokenizer_for(source: Source, gpt2_ranks: str | None = None) -> "Tokeni
 def read_prompt(spec: str) -> str:
     """The prompt text: literal, ``FILE:path`` (UTF-8) or ``-`` (stdin)."""
     if spec == "-":
+        if sys.stdin is None:  # started with stdin closed (`<&-`)
+            raise UsageError("--prompt -: stdin is closed; pipe the prompt in, or give --prompt=TEXT or FILE:path")
         if sys.stdin.isatty():
             log("reading the prompt from stdin; end it with Ctrl-D")
         data = sys.stdin.buffer.read()
@@ -363,6 +379,35 @@ class Printer:
 # ---------------------------------------------------------------------------- model
 
 
+def source_config(source: Source) -> Any:
+    """The GPTConfig a source will build, read without building it (None for a hub name: not downloaded yet)."""
+    from model import checkpoint
+
+    if source.folder is not None:
+        return checkpoint.model_config(source.meta, source.folder / checkpoint.CONFIG_FILE)
+    if Path(source.pretrained).is_dir():
+        return checkpoint.config_from_hf(checkpoint.read_config(source.pretrained))
+    return None
+
+
+def check_fits(o: SampleOptions, config: Any, tok: "Tokenizer", prompt_len: int, device: "torch.device",
+               dtype: "torch.dtype") -> None:
+    """Refuse, before the model exists, a tokenizer that is not the model's or a job the device cannot hold."""
+    from model.generate import generation_bytes
+    from runtime.memory import ensure_fits
+
+    if tok.vocab_size > config.vocab_size:
+        raise UsageError(f"the checkpoint's tokenizer has {tok.vocab_size} tokens but its model only "
+                         f"{config.vocab_size}: the run folder mixes files from different runs")
+    need = config.model_bytes() + generation_bytes(config, o.num_samples, prompt_len, o.max_new_tokens,
+                                                   dtype.itemsize)
+    if not o.stream:  # every token is kept until the end
+        need += 8 * o.num_samples * o.max_new_tokens
+    ensure_fits(need, str(device), f"{o.num_samples} sample(s) of {o.max_new_tokens:,} tokens with this model "
+                f"({config.num_params() / 1e6:,.1f}M parameters)",
+                "lower --num_samples or --max_new_tokens, or use a machine with more memory")
+
+
 def load_source_model(source: Source) -> "torch.nn.Module":
     """The GPT in float32 on the CPU, from a run folder or from_pretrained."""
     from model.checkpoint import from_pretrained, load_model
@@ -494,6 +539,9 @@ def write_attention(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer"
 def main(argv: Sequence[str] | None = None) -> int:
     o = parse(SampleOptions, argv, prog="sample.py", description=DESCRIPTION, config_files=False)
     check_options(o)
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the text would go nowhere
+        raise UsageError("stdout is closed, so the text would be lost; redirect it instead "
+                         "(python sample.py > out.txt, or > /dev/null)")
     source = resolve_source(o)
     tok = load_tokenizer_for(source, o.gpt2_ranks)
     ids, prompt_text = encode_prompt(tok, read_prompt(o.prompt))
@@ -518,10 +566,12 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
 
         check_can_compile(device)
     dtype = resolve_dtype(o.dtype, device)
+    config = source_config(source)
+    if config is not None:
+        check_fits(o, config, tok, len(ids), device, dtype)
     model = load_source_model(source)
-    if tok.vocab_size > model.config.vocab_size:
-        raise UsageError(f"the checkpoint's tokenizer has {tok.vocab_size} tokens but its model only "
-                         f"{model.config.vocab_size}: the run folder mixes files from different runs")
+    if config is None:
+        check_fits(o, model.config, tok, len(ids), device, dtype)
     model.eval().to(device)
     weights_dtype, use_autocast = decode_precision(device.type, dtype)
     if weights_dtype != torch.float32:  # CUDA: weights in the compute dtype, no autocast (see model/generate.py)

@@ -3,6 +3,7 @@
     python train.py                                    # ~5 min on a laptop CPU: Shakespeare, characters
     python train.py configs/shakespeare_char.toml      # nanoGPT's GPU recipe
     python train.py --init_from=resume --out_dir=out   # continue a run exactly where it stopped
+    python train.py --out_dir=out --overwrite          # start over where a run already is (deletes it)
     torchrun --standalone --nproc_per_node=8 train.py configs/gpt2_124m.toml
 
 Several machines (run on each node; node 0's address as master, same port everywhere):
@@ -31,78 +32,125 @@ A run folder (``out_dir``) holds:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import CheckpointError
-from runtime.options import parse, run_main
+from runtime.errors import CheckpointError, UsageError
+from runtime.options import coerce, parse, run_main
 from training.config import TrainConfig
-from training.control import StopRequest, TrainingDiverged
+from training.control import Interrupted, StopRequest, TrainingDiverged, signal_exit_code
+
+NOT_RESUMED = ("init_from", "eval_only", "overwrite")  # saved options a resume never takes over
 
 
-def train(cfg: TrainConfig, log_to_console: bool = True) -> dict[str, Any]:
+def train(cfg: TrainConfig, log_to_console: bool = True, stop: StopRequest | None = None) -> dict[str, Any]:
     """Run the training described by ``cfg``; returns its final metrics (see ``Trainer.result``).
 
-    Raises a ``QuillError`` for bad input and ``TrainingDiverged`` for a NaN/inf loss.
+    Raises a ``QuillError`` for bad input, ``TrainingDiverged`` for a NaN/inf loss and
+    ``Interrupted`` for a signal outside the loop (start-up) or a second one. ``stop``: the
+    caller's signal handler, if it installed one already (main does, before reading options).
     """
     from training.trainer import Trainer  # imports torch: here, so that --help answers at once
 
-    with Trainer(cfg, log_to_console) as run, StopRequest() as stop:
-        while True:
-            if run.eval_due() and run.evaluate_and_checkpoint():  # True: eval_only, or the target was reached
-                break
-            if run.iter_num >= cfg.max_iters:
-                break
-            run.step()
-            if run.log_due():
-                run.log()
-            if run.stop_requested(stop):  # SIGINT/SIGTERM: saved; resume with --init_from=resume
-                break
-        return run.result()
+    with (contextlib.nullcontext(stop) if stop is not None else StopRequest()) as stop:
+        with Trainer(cfg, log_to_console) as run:
+            stop.arm()  # from here a first signal means: finish this step, save, stop
+            try:
+                while True:
+                    if run.eval_due() and run.evaluate_and_checkpoint():  # True: eval_only, or the target reached
+                        break
+                    if run.iter_num >= cfg.max_iters:
+                        break
+                    if run.stop_requested(stop):  # SIGINT/SIGTERM: saved; resume with --init_from=resume
+                        break
+                    run.step()
+                    if run.log_due():
+                        run.log()
+            finally:
+                stop.disarm()
+            return run.result()
+
+
+def saved_options(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A run's saved options, each checked against its field's type (the file is untrusted input)."""
+    import dataclasses
+    import typing
+
+    saved = state.get("train_config", {})
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: the saved options are not a table; restore the file or start a fresh run")
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_RESUMED)
+    out = {}
+    for key, value in saved.items():
+        if key in known:
+            try:
+                out[key] = coerce(value, hints[key], key)
+            except UsageError:
+                raise CheckpointError(f"{path}: the saved option {key}={value!r} is not valid; the file is damaged: "
+                                      "restore it or start a fresh run") from None
+    return out
 
 
 def load_config(argv: list[str] | None = None) -> TrainConfig:
     """Parse the command line; a resume starts from the run's saved options (then files, then CLI)."""
     cfg = parse(TrainConfig, argv, prog="train.py", description=__doc__.split("\n\n")[0])
     if cfg.init_from == "resume":
-        from model.checkpoint import load_train_state
+        from model.checkpoint import STATE_FILE, load_train_state
 
         try:
-            saved = load_train_state(cfg.out_dir).get("train_config", {})
+            state = load_train_state(cfg.out_dir)
         except CheckpointError:
-            saved = {}  # train() reports the missing/corrupt checkpoint precisely
-        base = {k: v for k, v in saved.items() if k not in ("init_from", "eval_only")}
-        cfg = parse(TrainConfig, argv, prog="train.py", base_values=base)
+            return cfg  # train() reports the missing/corrupt checkpoint precisely, before touching the data
+        path = Path(cfg.out_dir) / STATE_FILE
+        try:
+            cfg = parse(TrainConfig, argv, prog="train.py", base_values=saved_options(state, path))
+        except UsageError as e:
+            raise CheckpointError(f"{path}: its saved options do not make a valid run with this command line ({e}); "
+                                  "give a valid value on the command line or start a fresh run") from None
     return cfg
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(argv)
-    try:
-        result = train(cfg)
-    except TrainingDiverged as e:
-        print(f"error: training diverged: {e}. The last good checkpoint in {cfg.out_dir} was kept; "
-              "try a lower --learning_rate or --grad_clip, or a smaller model.", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("aborted (second signal): nothing saved since the last checkpoint", file=sys.stderr)
-        return 130
+def report(cfg: TrainConfig, result: dict[str, Any], stop: StopRequest) -> int:
+    """Print how the run ended; the exit code."""
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if result["stopped"] == "eval_only":
         print(f"eval: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}")
         return 0
-    if result["stopped"] == "signal":
-        return 0
+    if result["stopped"] == "signal":  # the loop said what it saved; with nothing to resume from, not a clean stop
+        return 0 if result["saved_iter"] is not None else signal_exit_code(stop.requested or "SIGINT")
     if result.get("sample"):
         print(f"\n--- sample at iteration {result['iters']} ---\n{result['sample']}\n---")
     where = Path(cfg.out_dir)
+    if result["saved_iter"] is None:
+        print(f"done: {result['iters']} iterations in {result['time']:.0f} s; no checkpoint was saved "
+              "(a new run saves at its evals after iteration 0; raise --max_iters)")
+        return 0
     best = f" (best val loss {result['best_val_loss']:.4f} in {where / 'best'})" if result["best_val_loss"] else ""
     print(f"done: {result['iters']} iterations in {result['time']:.0f} s; checkpoint in {where}{best}")
-    print(f"write text with: python sample.py --out_dir={where} --temperature 0.8")
+    print(f"write text with: python sample.py --out_dir={shlex.quote(str(where))} --temperature 0.8")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # the handler goes in first: a signal while options are read or the data prepared ends cleanly too
+    with StopRequest() as stop:
+        cfg = None
+        try:
+            cfg = load_config(argv)
+            return report(cfg, train(cfg, stop=stop), stop)
+        except TrainingDiverged as e:
+            print(f"error: training diverged: {e}. The last good checkpoint in {cfg.out_dir} was kept; "
+                  "try a lower --learning_rate or --grad_clip, or a smaller model.", file=sys.stderr)
+            return 3
+        except Interrupted as e:
+            print(e.message(), file=sys.stderr)
+            return e.exit_code
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def run_ours(preset: str, overrides: dict, seed: int, opts: SpeedrunOptions, wor
     out_dir = work / f"{name}-{seed}"
     argv = [str(REPO / preset), f"--out_dir={out_dir}", f"--seed={seed}", f"--input={opts.input}",
             f"--data_dir={work / 'data'}", "--dataset=tinyshakespeare", "--sample_tokens=0", "--attention_png=false",
-            "--log_interval=50", f"--threads={opts.threads}"]
+            "--log_interval=50", f"--threads={opts.threads}", "--overwrite"]  # a rerun in one --work_dir replaces its runs
     argv += [f"--{k}={v}" for k, v in overrides.items()]
     cfg = train.load_config(argv)
     res = train.train(cfg, log_to_console=False)

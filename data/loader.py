@@ -31,13 +31,24 @@ from runtime.errors import DataError
 MODES = ("random", "sequential")
 
 
+TOKEN_DTYPES = ("uint16", "uint32")  # what data/tokenfile.py writes; nothing else is read
+
+
 def file_dtype(path: str | Path) -> np.dtype:
-    """The token dtype recorded in meta.json beside a token file."""
+    """The token dtype recorded in meta.json beside a token file (uint16 or uint32, nothing else)."""
     meta = Path(path).parent / "meta.json"
     if not meta.is_file():
         raise DataError(f"no meta.json beside {path}; run data/prepare.py or pass dtype= explicitly")
-    with open(meta, encoding="utf-8") as f:
-        return np.dtype(json.load(f)["dtype"])
+    try:
+        with open(meta, encoding="utf-8") as f:
+            name = json.load(f).get("dtype")
+    except (OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{meta} is unreadable or corrupt ({type(e).__name__}); rebuild it with "
+                        "data/prepare.py --force") from None
+    if name not in TOKEN_DTYPES:
+        raise DataError(f"{meta}: token dtype {name!r} is not one of {', '.join(TOKEN_DTYPES)}; rebuild it with "
+                        "data/prepare.py --force")
+    return np.dtype(name)
 
 
 def read_tokens(path: str | Path, dtype: Any = None) -> np.ndarray:
@@ -51,7 +62,7 @@ class BatchLoader:
 
     def __init__(self, path: str | Path, block_size: int, batch_size: int, *, mode: str = "random",
                  seed: int = 1337, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                 dtype: Any = None):
+                 dtype: Any = None, vocab_size: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"token file not found: {self.path}; run data/prepare.py first")
@@ -65,6 +76,7 @@ class BatchLoader:
         self.block_size, self.batch_size = block_size, batch_size
         self.mode, self.seed, self.rank, self.world_size = mode, seed, rank, world_size
         self.device = torch.device(device)
+        self.vocab_size = vocab_size  # if given, every batch is checked: a tampered file cannot index past it
         self.n_tokens = self.path.stat().st_size // self.dtype.itemsize
         if self.n_tokens < block_size + 1:
             raise DataError(f"{self.path} has {self.n_tokens:,} tokens, too few for one window of block_size+1="
@@ -102,6 +114,9 @@ class BatchLoader:
         tokens = np.memmap(self.path, dtype=self.dtype, mode="r")  # fresh map per batch: see module docstring
         buf = np.stack([tokens[s:s + self.block_size + 1] for s in starts]).astype(np.int64)
         del tokens
+        if self.vocab_size is not None and buf.max() >= self.vocab_size:  # one pass over B x T ids: cheap
+            raise DataError(f"{self.path} holds token id {int(buf.max())}, outside the vocabulary ({self.vocab_size}): "
+                            "the file does not belong to this tokenizer; rebuild it with data/prepare.py --force")
         batch = torch.from_numpy(buf)
         x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
         if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
@@ -126,4 +141,8 @@ class BatchLoader:
             raise DataError(f"cannot resume the {self.path.name} loader: {', '.join(changed)} changed "
                              f"(saved {[d[k] for k in changed]}, now {[mine[k] for k in changed]}); "
                              "keep them as in the saved run or start fresh")
-        self.step = int(d["step"])
+        step = d.get("step")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise DataError(f"cannot resume the {self.path.name} loader: its saved position {step!r} is not a "
+                            "whole number >= 0 (a damaged checkpoint); restore it or start fresh")
+        self.step = step

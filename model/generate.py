@@ -45,14 +45,18 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
 from runtime.errors import DeviceError
+from runtime.memory import ensure_fits
 
 from .kv_cache import KVCache
 from .sampling import apply_repetition_penalty, check_sampling_args, draw, sampling_weights
+
+if TYPE_CHECKING:
+    from .config import GPTConfig
 
 
 def _make_generator(device: torch.device, seed: int | None,
@@ -146,6 +150,19 @@ def check_can_compile(device: torch.device) -> None:
                           "or drop --compile")
 
 
+def generation_bytes(config: "GPTConfig", batch_size: int, prompt_len: int, max_new_tokens: int,
+                     dtype_bytes: int = 4) -> int:
+    """A lower bound on the memory ``generate_stream`` allocates besides the model, in bytes.
+
+    The KV cache (keys and values of every layer over the whole context), the token buffer
+    (prompt + every new token, int64) and a step's logits and probabilities (fp32).
+    """
+    kv_cache = 2 * config.n_layer * batch_size * config.n_kv_head * config.block_size * config.head_dim * dtype_bytes
+    tokens = 8 * batch_size * (prompt_len + max_new_tokens)
+    logits = 2 * 4 * batch_size * config.vocab_size
+    return kv_cache + tokens + logits
+
+
 @functools.cache
 def compiled_decode_step(device_type: str = "cpu") -> Callable:
     """``_decode_step`` under torch.compile for ``device_type``, built once per process (graphs are cached
@@ -203,6 +220,9 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
 
     B, T0 = idx.shape
     device = idx.device
+    # a request too big for the machine fails here, in one line (2 bytes: autocast may halve the cache)
+    ensure_fits(generation_bytes(cfg, B, T0, max_new_tokens, dtype_bytes=2), str(device),
+                f"generating {max_new_tokens:,} tokens x {B} row(s)", "generate fewer tokens or rows at a time")
     gen = _make_generator(device, seed, generator)
     tokens = torch.empty(B, T0 + max_new_tokens, dtype=torch.long, device=device)  # written in place, no cat
     tokens[:, :T0] = idx

@@ -7,6 +7,8 @@ whole batches with tensor ops, so one decode step costs the same few kernels for
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from runtime.errors import ConfigError
@@ -18,16 +20,16 @@ def check_sampling_args(temperature: float, top_k: int | None, top_p: float | No
 
     generate_stream calls it once per generation (never per token); sample.py calls it on its options.
     """
-    if temperature is None or temperature < 0 or temperature != temperature:
-        raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if temperature is None or not 0 <= temperature < math.inf:
+        raise ConfigError(f"temperature must be >= 0 and finite (0 = greedy), got {temperature}")
     if top_k is not None and top_k < 0:
         raise ConfigError(f"top_k must be >= 0 (0 or None = off), got {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ConfigError(f"top_p must be in (0, 1], got {top_p}")
     if min_p is not None and not 0.0 <= min_p <= 1.0:
         raise ConfigError(f"min_p must be in [0, 1], got {min_p}")
-    if repetition_penalty is not None and not repetition_penalty > 0:
-        raise ConfigError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
+    if repetition_penalty is not None and not 0 < repetition_penalty < math.inf:
+        raise ConfigError(f"repetition_penalty must be > 0 and finite (1 = off), got {repetition_penalty}")
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -36,6 +38,8 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     ``seen`` is a (B, V) boolean mask of tokens present in each row's context.
     """
     penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    # a tiny penalty can overflow a positive logit to +inf, and inf - inf is NaN in the softmax: cap it
+    penalised = penalised.clamp(max=torch.finfo(penalised.dtype).max)
     return torch.where(seen, penalised, logits)
 
 
@@ -64,9 +68,14 @@ def filter_min_p(probs: torch.Tensor, min_p: float) -> torch.Tensor:
 
 def filtered_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, min_p: float | None = None) -> torch.Tensor:
-    """(B, V) probabilities after temperature (> 0), top-k, top-p and min-p; rows are not renormalised."""
+    """(B, V) probabilities after temperature (> 0), top-k, top-p and min-p; rows are not renormalised.
+
+    Any temperature > 0 is exact and safe: each row's largest logit is subtracted before dividing
+    (softmax does not change), so the top logit becomes 0 and nothing can overflow to inf/NaN; a
+    tiny temperature such as 1e-40 leaves the most likely token(s) alone, i.e. greedy.
+    """
     if temperature != 1.0:
-        logits = logits / temperature
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k and top_k < logits.size(-1):
         logits = filter_top_k(logits, top_k)
     probs = torch.softmax(logits, dim=-1)  # (B, V)

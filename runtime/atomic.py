@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -71,6 +72,30 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     with atomic_path(path) as tmp:
         with open(tmp, mode, encoding=encoding) as f:
             yield f
+
+
+# mkstemp(prefix=".<name>.", suffix=".tmp"): eight characters from tempfile's alphabet in between
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(folder: str | os.PathLike, names: tuple[str, ...] | list[str]) -> list[Path]:
+    """Delete the temp files a killed writer left in ``folder`` for the files ``names``; return them.
+
+    Only ``atomic_open``'s own pattern (``.<name>.XXXXXXXX.tmp``) for the given names, only
+    regular files, only directly inside ``folder``: nothing else of the user's is touched.
+    Call it when a program starts writing a folder, never while another writer may be at work.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir() or folder.is_symlink():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP_NAME.fullmatch(p.name)
+        if m and m["name"] in names and p.is_file() and not p.is_symlink():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -7,6 +7,7 @@ importing torch stay quick to answer ``--help`` and to refuse bad input.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import TYPE_CHECKING, Callable
 
 from runtime.errors import DeviceError
@@ -15,6 +16,13 @@ if TYPE_CHECKING:
     import torch
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def check_device_name(name: str) -> None:
+    """DeviceError unless ``name`` is one of the devices quillgpt runs on (auto, cpu, cuda, cuda:N, mps)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise DeviceError(f"unknown device {name!r}; use one of {DEVICE_NAMES}")
 
 
 def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) -> str:
@@ -25,6 +33,7 @@ def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) ->
     """
     import torch
 
+    check_device_name(name)
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import sys
 import types
@@ -77,7 +78,10 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if typing.get_origin(base) is list:
             (inner,) = typing.get_args(base)
             items = value if isinstance(value, list) else [value]
-            return [coerce(v, inner, key) for v in items]
+            try:
+                return [coerce(v, inner, key) for v in items]
+            except UsageError:
+                raise ValueError from None  # named with the list type below
         if base is bool:
             if isinstance(value, bool):
                 return value
@@ -105,14 +109,30 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if base is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            f = float(value)
+            if not math.isfinite(f):  # no option means anything by nan or inf; refused here, once
+                raise UsageError(f"--{key}: expected a finite number, got {value!r}")
+            return f
         if base is str:
             if isinstance(value, (dict, list)):
                 raise ValueError
+            if "\0" in str(value):  # no path or text option can hold one (a command line cannot even pass it)
+                raise UsageError(f"--{key}: contains a NUL character")
             return str(value)
+    except UsageError:
+        raise
     except (ValueError, TypeError):
         raise UsageError(f"--{key}: expected {type_name(tp)}, got {value!r}") from None
     raise UsageError(f"--{key}: unsupported option type {tp!r}")  # a programming error, kept loud
+
+
+SEED_LIMIT = 2**63  # seeds are 0 <= seed < 2**63: torch, numpy and JSON all hold them exactly
+
+
+def check_seed(seed: int | None, key: str = "seed") -> None:
+    """UsageError unless ``seed`` is None or in the documented range [0, 2**63)."""
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"--{key}={seed} is out of range; give a whole number from 0 to 2**63-1")
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -303,6 +323,7 @@ def run_main(fn: Callable[[], Any]) -> None:
         if os.environ.get("QUILLGPT_DEBUG"):
             raise
         msg = str(e) if isinstance(e, QuillError) else f"file not found: {e.filename or e}"
+        msg = " ".join(part.strip() for part in msg.splitlines() if part.strip())  # one line, whatever a cause said
         print(f"error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
     except BrokenPipeError:  # `... --help | head -1`: the reader left early, which is not an error

@@ -180,6 +180,34 @@ def test_interrupted_build_leaves_nothing_and_is_redone(tmp_path, monkeypatch, t
     assert [p.name for p in dataset_dir(o).parent.iterdir()] == ["char"]
 
 
+def test_sigterm_while_preparing_removes_the_unfinished_folder(tmp_path):
+    """SIGTERM unwinds like Ctrl-C: the temp folder goes, one line says so, exit 143 (128 + 15)."""
+    import os
+    import signal
+    import time
+
+    text = tmp_path / "big.txt"
+    text.write_text("Shall I compare thee to a summer's day?\n" * 300_000, encoding="utf-8")  # ~12 MB
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "data" / "prepare.py"), "--dataset=big", f"--input={text}",
+                             f"--data_dir={tmp_path / 'prepared'}", "--num_proc=2"], cwd=tmp_path, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        for line in proc.stderr:
+            if line.startswith("preparing"):
+                break
+            assert time.time() < deadline
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "interrupted; the unfinished folder was removed" in err and "Traceback" not in err
+    assert not (tmp_path / "prepared" / "big").exists()
+
+
 def test_complete_folder_is_reused_unless_forced(tmp_path, tinyshakespeare):
     o = opts(tmp_path, dataset="tinyshakespeare", input=str(tinyshakespeare))
     meta_path = prepare(o) / "meta.json"

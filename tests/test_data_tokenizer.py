@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import tiktoken.load
@@ -142,7 +144,8 @@ def test_bpe_file_is_tiktoken_format(bpe, tmp_path, monkeypatch):
 
 def test_char_vocab_file_is_json(tmp_path):
     spec = CharTokenizer("ba水").save(tmp_path)
-    assert spec == {"kind": "char", "file": "tokenizer.json"}
+    digest = hashlib.sha256((tmp_path / "tokenizer.json").read_bytes()).hexdigest()
+    assert spec == {"kind": "char", "file": "tokenizer.json", "sha256": digest}
     assert (tmp_path / "tokenizer.json").read_text(encoding="utf-8").count("水") == 1
 
 

@@ -244,7 +244,7 @@ def test_a_crash_while_saving_the_train_state_keeps_the_old_file(tmp_path: Path,
         raise OSError("simulated crash mid-write")
 
     monkeypatch.setattr(checkpoint.torch, "save", dies_mid_write)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(CheckpointError, match="simulated crash mid-write; the previous file was kept"):
         save_train_state(tmp_path, {"model": {"w": torch.ones(1000)}, "iter": 2})
     assert (tmp_path / STATE_FILE).read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))  # the temp file is gone too

@@ -89,6 +89,25 @@ def test_repetition_penalty_values() -> None:
     assert out.tolist() == [[4.0, -1.0, 2.0, -2.0, 0.0]]
 
 
+@pytest.mark.parametrize("temperature", [1e-40, 1e-30, 1e-8, 1e-3])
+def test_a_tiny_temperature_is_greedy_and_never_nan(temperature: float) -> None:
+    """logits / 1e-40 overflow to inf and softmax(inf - inf) is NaN; the max-shift keeps every
+    positive temperature exact, and a tiny one picks the most likely token."""
+    logits = torch.tensor([[3.0, 9.5, -2.0, 9.0], [0.1, -0.2, 0.3, 0.29]])
+    probs = filtered_probs(logits, temperature, top_k=3, top_p=0.9, min_p=0.01)
+    assert torch.isfinite(probs).all()
+    if temperature <= 1e-8:
+        assert sample_next(logits, temperature).tolist() == logits.argmax(-1).tolist()
+    torch.testing.assert_close(filtered_probs(logits, 0.7), torch.softmax(logits / 0.7, dim=-1))
+
+
+def test_a_tiny_repetition_penalty_stays_finite() -> None:
+    logits = torch.tensor([[5.0, -1.0, 2.0]])
+    out = apply_repetition_penalty(logits, torch.tensor([[True, True, False]]), 1e-40)
+    assert torch.isfinite(out).all() and out.argmax().item() == 0
+    assert torch.isfinite(filtered_probs(out, 1.0)).all()
+
+
 def test_seeded_draws_are_reproducible() -> None:
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
 

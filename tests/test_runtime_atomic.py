@@ -119,3 +119,38 @@ def test_an_exception_inside_atomic_dir_leaves_the_old_folder_as_it_was(tmp_path
             (build / "x").write_text("x", encoding="utf-8")
             raise ValueError
     assert not (tmp_path / "never").exists()
+
+
+def test_stale_temps_of_the_named_files_go_and_nothing_else(tmp_path: Path) -> None:
+    """After a kill, the next run removes atomic_open's leftovers for its own files, and only those."""
+    from runtime.atomic import remove_stale_temps
+
+    ours = [".train_state.pt.ab3_9xyz.tmp", ".model.safetensors.00000000.tmp"]
+    theirs = [".notes.txt.ab3_9xyz.tmp", ".train_state.pt.tmp", "train_state.pt.ab3_9xyz.tmp",
+              ".train_state.pt.TOOLONGNAME.tmp", "mine.tmp"]
+    for name in ours + theirs:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / ".config.json.abcdefgh.tmp").mkdir()  # a folder with the pattern's name: not a temp file
+    (tmp_path / ".config.json.zzzzzzzz.tmp").symlink_to(tmp_path / "mine.tmp")
+    removed = remove_stale_temps(tmp_path, ["train_state.pt", "model.safetensors", "config.json"])
+    assert sorted(p.name for p in removed) == sorted(ours)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted(theirs + [".config.json.abcdefgh.tmp", ".config.json.zzzzzzzz.tmp"])
+    assert remove_stale_temps(tmp_path / "missing", ["x"]) == []
+
+
+def test_a_temp_file_left_by_a_kill_has_the_pattern_the_cleanup_removes(tmp_path: Path) -> None:
+    """The name atomic_open really uses (not an assumed one) is the one remove_stale_temps matches."""
+    from runtime.atomic import remove_stale_temps
+
+    with pytest.raises(RuntimeError):
+        with atomic_open(tmp_path / "train_state.pt") as f:
+            f.write(b"half")
+            left = [p for p in tmp_path.iterdir()]
+            for p in left:  # keep a copy, as a SIGKILL (which skips the cleanup) would leave it
+                (tmp_path / (p.name + ".kept")).write_bytes(p.read_bytes())
+            raise RuntimeError
+    for kept in tmp_path.glob("*.kept"):
+        kept.rename(tmp_path / kept.name[:-len(".kept")])
+    assert len(left) == 1 and left[0].exists()
+    assert remove_stale_temps(tmp_path, ["train_state.pt"]) == left

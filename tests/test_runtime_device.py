@@ -23,6 +23,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability["value"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     return capability
 
 
@@ -46,6 +47,14 @@ def test_resolve_device_picks_this_processes_gpu(fake_cuda) -> None:
     assert resolve_device("cuda", local_rank=2) == "cuda:2"
     assert resolve_device("cuda:1", local_rank=2) == "cuda:1"  # an explicit index is kept
     assert resolve_device("cpu") == "cpu"
+    with pytest.raises(DeviceError, match="cuda:4.*has 4 CUDA GPU"):  # indices are 0..3
+        resolve_device("cuda:4")
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "cuda:", "cuda:x", "CPU", "cpu ", ""])
+def test_unknown_device_names_are_refused_before_torch_sees_them(name: str) -> None:
+    with pytest.raises(DeviceError, match="unknown device.*auto, cpu, cuda, cuda:N or mps"):
+        resolve_device(name)
 
 
 def test_resolve_device_prefers_mps_to_cpu(monkeypatch: pytest.MonkeyPatch) -> None:

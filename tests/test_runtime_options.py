@@ -81,9 +81,21 @@ def test_coerce_int_round_trips(n: int) -> None:
     assert coerce(float(n), int, "k") == n
 
 
-@given(x=st.floats(allow_nan=False))
+@given(x=st.floats(allow_nan=False, allow_infinity=False))
 def test_coerce_float_round_trips(x: float) -> None:
     assert coerce(repr(x), float, "k") == x
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", float("nan"), float("inf")])
+def test_coerce_refuses_non_finite_floats(value) -> None:
+    """No option means anything by nan or inf (a learning rate of nan trains nothing)."""
+    with pytest.raises(UsageError, match="^--k: expected a finite number"):
+        coerce(value, float, "k")
+
+
+def test_coerce_refuses_a_nul_character_in_text() -> None:
+    with pytest.raises(UsageError, match="NUL"):
+        coerce("out\0dir", str, "out_dir")
 
 
 # ---------------------------------------------------------------------------- TOML
@@ -219,6 +231,14 @@ def test_run_main_turns_any_quill_error_into_one_line_and_exit_2(error, capsys, 
     assert e.value.__context__ is None or e.value.__suppress_context__  # no chained traceback to print
     out, err = capsys.readouterr()
     assert out == "" and err == "error: what went wrong; what to do\n"
+
+
+def test_run_main_keeps_a_multi_line_cause_on_one_line(capsys, monkeypatch) -> None:
+    """A library's own message may hold newlines (tarfile's does); the error is still one line."""
+    monkeypatch.delenv("QUILLGPT_DEBUG", raising=False)
+    with pytest.raises(SystemExit):
+        run_main(raiser(DataError("x.tar: unreadable (tried:\n - gzip: bad\n - tar: bad); pass a tarball")))
+    assert capsys.readouterr().err == "error: x.tar: unreadable (tried: - gzip: bad - tar: bad); pass a tarball\n"
 
 
 def test_run_main_passes_exit_codes_through_and_lets_bugs_raise(capsys, monkeypatch) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +23,7 @@ from conftest import ROOT
 
 import train
 from model.checkpoint import load_train_state
+from runtime.errors import CheckpointError
 from runtime.options import load_toml, run_main
 from train import load_config
 from training.config import TrainConfig
@@ -197,16 +200,20 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
         raise OSError("simulated crash mid-write")
 
     monkeypatch.setattr(checkpoint.torch, "save", dies_mid_write)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(CheckpointError, match="simulated crash mid-write; the previous file was kept"):
         run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert torn == [20]  # the crash hit the train_state write of iteration 20
-    # the old checkpoint is whole, and the exported model was not paired with a newer state
-    assert {name: (out / name).read_bytes() for name in before} == before
+    # the train state, a checkpoint's commit point and its last file, is the old one, whole; the model
+    # export (written just before it) is iteration 20's, which the resume will reproduce exactly
+    assert (out / "train_state.pt").read_bytes() == before["train_state.pt"]
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["iter"] == 20
+    exported = (out / "model.safetensors").read_bytes()
     assert not list(out.glob(".*.tmp"))
     assert load_train_state(out)["iter"] == 10
     res = run([f"--out_dir={out}", "--init_from=resume", "--max_iters=20"])
-    assert res["iters"] == 20
+    assert res["iters"] == 20 and load_train_state(out)["iter"] == 20
+    assert (out / "model.safetensors").read_bytes() == exported
 
 
 def test_sigterm_saves_and_says_how_to_resume(tmp_path: Path, corpus) -> None:
@@ -472,3 +479,131 @@ def test_sigterm_to_torchrun_saves_between_log_steps(tmp_path: Path, corpus) -> 
     assert time.time() - t0 < 25  # well inside torchrun's 30 s
     assert "stopped at iteration" in stdout and f"--init_from=resume --out_dir={out}" in stdout
     assert load_train_state(out)["iter"] > 0
+
+
+# ---------------------------------------------------------------------------- nothing lost
+
+
+def test_a_new_run_never_lands_on_an_old_one_unless_told(tmp_path: Path, corpus, capsys) -> None:
+    out = tmp_path / "out"
+    run(args(tmp_path, corpus, "--max_iters=4", "--eval_interval=2"))
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, err = exit_code(args(tmp_path, corpus, "--max_iters=2"), capsys)
+    assert code == 2 and "already holds a run" in err and "--init_from=resume" in err and "--overwrite" in err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # --overwrite: the old run's files go (best/ and metrics too), the user's own file stays
+    train.main([*args(tmp_path, corpus, "--max_iters=1", "--eval_interval=100"), "--overwrite"])
+    said = capsys.readouterr().out
+    assert "--overwrite: deleted the previous run's" in said and "best" in said
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+    # the old run's best model (which would outrank the new run's) went: best/ is the new run's
+    assert json.loads((out / "best" / "config.json").read_text(encoding="utf-8"))["iter"] == 1
+    assert [e["iter"] for e in logs(out)] == [1]
+    assert load_train_state(out)["iter"] == 1
+
+
+def test_resume_drops_the_metrics_after_its_checkpoint_and_stale_temp_files(tmp_path: Path, corpus) -> None:
+    """What a kill at iteration 7 leaves (checkpoint at 4, metrics up to 7, temp files): the resumed
+    run logs 5..8 once, and only our temp files go."""
+    out = tmp_path / "out"
+    run(args(tmp_path, corpus, "--max_iters=4", "--eval_interval=4"))
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        for i in (5, 6, 7):
+            f.write(json.dumps({"event": "log", "iter": i, "loss": 9.0}) + "\n")
+        f.write('{"event": "log", "iter": 8, "lo')  # torn by the kill
+    stale = [out / ".train_state.pt.k1ll3d_x.tmp", out / "best" / ".model.safetensors.abcdefgh.tmp"]
+    mine = out / ".my.notes.tmp"
+    for p in [*stale, mine]:
+        p.write_bytes(b"x")
+    run([f"--out_dir={out}", "--init_from=resume", "--max_iters=8"])
+    assert [e["iter"] for e in logs(out)] == list(range(1, 9))
+    assert 9.0 not in [e["loss"] for e in logs(out)]
+    assert not any(p.exists() for p in stale) and mine.exists()
+
+
+def test_max_iters_zero_claims_no_checkpoint(tmp_path: Path, corpus, capsys) -> None:
+    capsys.readouterr()
+    assert train.main(args(tmp_path, corpus, "--max_iters=0")) == 0
+    said = capsys.readouterr().out
+    assert "no checkpoint was saved" in said and "checkpoint in" not in said and "sample.py" not in said
+    assert not (tmp_path / "out" / "train_state.pt").exists()
+
+
+def test_divergence_names_the_gradient_norm_when_only_it_is_infinite(tmp_path: Path, corpus, capsys,
+                                                                      monkeypatch) -> None:
+    """The loss is still finite when the gradient norm overflows; the message must not say 'loss became 4.17'."""
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def overflows_on_the_third_step(params, max_norm, *a, **kw):
+        calls.append(1)
+        norm = real(params, max_norm, *a, **kw)
+        return torch.full_like(norm, math.inf) if len(calls) == 3 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", overflows_on_the_third_step)
+    code, err = exit_code(args(tmp_path, corpus, "--max_iters=10", "--eval_interval=100"), capsys)
+    assert code == 3 and re.search(r"the gradient norm became NaN/inf before iteration \d+", err), err
+    assert "loss became" not in err
+
+
+def test_resume_command_is_quoted_for_the_shell() -> None:
+    import shlex
+
+    from training.run_folder import resume_command
+
+    cmd = resume_command("my runs/it's here")
+    assert shlex.split(cmd) == ["python", "train.py", "--init_from=resume", "--out_dir=my runs/it's here"]
+
+
+def start_training(tmp_path: Path, argv: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *argv], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=subprocess_env())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_start_up_ends_cleanly_and_leaves_no_temp_folder(tmp_path: Path, sig) -> None:
+    """Preparing a corpus is start-up: the first signal stops at once (128 + signal), with one line,
+    no traceback, no half-built data folder and no run folder."""
+    big = tmp_path / "big.txt"
+    big.write_text(POEM * 80000, encoding="utf-8")  # ~13 MB: seconds of preparing
+    data = tmp_path / "data"
+    proc = start_training(tmp_path, ["--dataset=big", f"--input={big}", f"--data_dir={data}", *TINY,
+                                     f"--out_dir={tmp_path / 'out'}"])
+    try:
+        deadline = time.time() + 120
+        for line in proc.stdout:
+            if line.startswith("preparing"):
+                break
+            assert time.time() < deadline
+        time.sleep(0.3)
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, output
+    assert "Traceback" not in output and "again" not in output
+    assert f"stopped by {signal.Signals(sig).name} during start-up, before training began" in output
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in data.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_signal_during_evaluation_saves_once_and_stops(tmp_path: Path, corpus) -> None:
+    out = tmp_path / "out"
+    proc = start_training(tmp_path, args(tmp_path, corpus, "--max_iters=1000", "--eval_interval=5",
+                                         "--eval_iters=400"))
+    try:
+        deadline = time.time() + 120
+        for line in proc.stdout:
+            if line.startswith("iter 5:"):  # the eval of iteration 5 starts now and takes seconds
+                break
+            assert time.time() < deadline
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "eval @ iter 5" in output and "iter 6:" not in output  # the eval finished; no step after it
+    assert "stopped at iteration 5 (SIGTERM); the checkpoint" in output and "is up to date" in output
+    assert load_train_state(out)["iter"] == 5

@@ -38,6 +38,30 @@ def test_read_metrics_skips_a_torn_last_line(tmp_path: Path) -> None:
     assert read_metrics(tmp_path) == good
 
 
+def test_a_resumed_log_drops_what_came_after_its_checkpoint(tmp_path: Path) -> None:
+    """A run killed at iteration 7 with its checkpoint at 4: the resumed run logs 5, 6, 7 again, so the
+    file first loses 5..7 (and the torn line); iterations never go backwards in it or in loss.png."""
+    events = [{"event": "log", "iter": i, "loss": 1.0 / i} for i in range(1, 8)]
+    events.insert(4, {"event": "eval", "iter": 4, "train_loss": 0.3, "val_loss": 0.4})
+    text = "".join(json.dumps(e) + "\n" for e in events) + '{"event": "log", "it'
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(text + "[1, 2]\n", encoding="utf-8")  # a torn line, and a line that is not an event
+    log = MetricsLog(tmp_path, t0=0.0, keep_until=4)
+    log.write("log", 1.0, iter=5, loss=0.2)
+    log.close()
+    iters = [e["iter"] for e in read_metrics(tmp_path)]
+    assert iters == [1, 2, 3, 4, 4, 5]
+    assert path.read_text(encoding="utf-8").endswith('"iter": 5, "loss": 0.2, "time": 1.0}\n')
+
+
+def test_a_resumed_log_with_nothing_to_drop_leaves_the_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"event": "log", "iter": 4, "loss": 1.0}) + "\n", encoding="utf-8")
+    before = path.stat().st_mtime_ns, path.stat().st_ino
+    MetricsLog(tmp_path, t0=0.0, keep_until=4).close()
+    assert (path.stat().st_mtime_ns, path.stat().st_ino) == before  # not even rewritten
+
+
 def png_size(path: Path) -> tuple[int, int]:
     raw = path.read_bytes()
     assert raw[:8] == b"\x89PNG\r\n\x1a\n" and raw[12:16] == b"IHDR"

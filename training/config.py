@@ -7,10 +7,15 @@ from the options saved in its run folder. ``__post_init__`` refuses values that 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from runtime.device import DTYPES
-from runtime.errors import UsageError
-from runtime.options import opt
+from runtime.device import DEVICE_NAMES, DTYPES, check_device_name
+from runtime.errors import ConfigError, DeviceError, UsageError
+from runtime.options import check_seed, opt
+
+if TYPE_CHECKING:
+    from data.prepare import PrepareOptions
+    from model.config import GPTConfig
 
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
@@ -26,6 +31,9 @@ class TrainConfig:
 
     # I/O
     out_dir: str = opt("out", "run folder: checkpoints, metrics.jsonl, loss.png (and wandb/)")
+    overwrite: bool = opt(False, "start a new run in an out_dir that already holds one, deleting that run's "
+                                 "checkpoints, best/, train_state.pt, metrics.jsonl and loss.png first; "
+                                 "without it a new run refuses such a folder")
     init_from: str = opt("scratch", "scratch | resume (continue out_dir exactly) | gpt2 | gpt2-medium | gpt2-large "
                                     "| gpt2-xl | a local Hugging Face GPT-2 or quillgpt run folder")
     eval_interval: int = opt(250, "evaluate (and maybe checkpoint) every this many iterations, and at the end")
@@ -89,7 +97,7 @@ class TrainConfig:
     min_lr: float | None = opt(None, "final learning rate; none = learning_rate / 10")
     cooldown_frac: float = opt(0.3, "wsd only: share of lr_decay_iters spent decaying to min_lr")
     # system
-    device: str = opt("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
+    device: str = opt("auto", f"where to train: {DEVICE_NAMES} (auto = cuda, else mps, else cpu)")
     dtype: str = opt("auto", "auto (cuda: bfloat16, else float16; cpu: bfloat16 autocast if a 1-second probe "
                              "measures it faster for this model and batch, else float32), float32, bfloat16, float16",
                      choices=DTYPES)
@@ -97,7 +105,7 @@ class TrainConfig:
                             "(PyTorch FSDP2) instead of a whole copy per process (DDP): for models whose AdamW state "
                             "outgrows one GPU. Needs --optimizer=adamw")
     compile: str = opt("auto", "torch.compile the model: auto (on for CUDA, off for CPU), true, false")
-    seed: int = opt(1337, "seed for init, dropout and data order")
+    seed: int = opt(1337, "seed for init, dropout and data order (0 to 2**63-1)")
     threads: int = opt(0, "CPU threads for torch ops; 0 = torch's default (one per core). On a busy machine, "
                           "1 is often several times faster for small models (threads spin-wait on each other)")
     peak_flops: float | None = opt(None, "one device's peak FLOP/s for MFU (each process's FLOP/s / this); "
@@ -111,16 +119,56 @@ class TrainConfig:
                           choices=("online", "offline", "disabled"))
 
     def __post_init__(self) -> None:
+        """Refuse values that make no sense, one line each, before anything is read or written."""
         c = str(self.compile).strip().lower()
         self.compile = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(c, c)
         if self.compile not in ("auto", "true", "false"):
             raise UsageError(f"--compile: expected auto, true or false, got {self.compile!r}")
+        for name in ("out_dir", "data_dir", "dataset", "init_from"):
+            if not str(getattr(self, name)).strip():
+                raise UsageError(f"--{name} must not be empty")
+        if self.overwrite and self.init_from == "resume":
+            raise UsageError("--overwrite starts a new run over an old one; it cannot be combined with "
+                             "--init_from=resume, which continues the old one")
+        self._check_counts()
+        self._check_optimizer()
+        check_seed(self.seed)
+        try:
+            check_device_name(self.device)
+        except DeviceError as e:
+            raise UsageError(f"--device: {e}") from None
+        if self.peak_flops is not None and self.peak_flops <= 0:
+            raise UsageError(f"--peak_flops must be > 0 (or none), got {self.peak_flops}")
+        self.prepare_options()  # the data options, checked by their own rules (data/prepare.py)
+        if self.init_from == "scratch":
+            scratch_config(self, vocab_size=1)  # the architecture asked for is a valid one
+
+    def _check_counts(self) -> None:
         for name in ("eval_interval", "eval_iters", "log_interval", "batch_size", "gradient_accumulation_steps",
                      "n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_iters < 0 or self.warmup_iters < 0 or self.sample_tokens < 0:
-            raise UsageError("--max_iters, --warmup_iters and --sample_tokens must be >= 0")
+        for name in ("max_iters", "warmup_iters", "sample_tokens", "threads"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("eval_batch_size", "n_kv_head"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name} must be >= 1 (or none), got {getattr(self, name)}")
+        if self.lr_decay_iters is not None and self.lr_decay_iters < 0:
+            raise UsageError(f"--lr_decay_iters must be >= 0 (or none), got {self.lr_decay_iters}")
+
+    def _check_optimizer(self) -> None:
+        for name in ("learning_rate", "muon_lr"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"--{name} must be > 0, got {getattr(self, name)}; e.g. 6e-4 (AdamW), 0.02 (Muon)")
+        for name in ("weight_decay", "grad_clip", "min_lr", "logit_softcap"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise UsageError(f"--{name} must be >= 0, got {value} (0 = off)" if name != "min_lr" else
+                                 f"--min_lr must be >= 0, got {value}")
+        for name in ("beta1", "beta2", "muon_momentum"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise UsageError(f"--{name} must be in [0, 1), got {getattr(self, name)}; e.g. 0.9, 0.95 or 0.99")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.fsdp and self.optimizer == "muon":
@@ -128,3 +176,27 @@ class TrainConfig:
                              "use --optimizer=adamw with --fsdp")
         if not 0.0 < self.cooldown_frac <= 1.0:
             raise UsageError(f"--cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
+
+    def prepare_options(self) -> "PrepareOptions":
+        """The data/prepare.py options this run's corpus is prepared with (UsageError for bad ones)."""
+        from data.prepare import PrepareOptions
+
+        return PrepareOptions(dataset=self.dataset, input=self.input, tokenizer=self.tokenizer,
+                              vocab_size=self.vocab_size, data_dir=self.data_dir, hf_config=self.hf_config,
+                              max_tokens=self.max_tokens)
+
+
+def scratch_config(cfg: TrainConfig, vocab_size: int) -> "GPTConfig":
+    """The GPTConfig for a from-scratch model: the preset, then every switch the user set; the
+    vocabulary padded for fast matmuls (``padded_vocab_size``)."""
+    from model.config import GPTConfig, padded_vocab_size
+
+    switches = {k: getattr(cfg, k) for k in ARCH_SWITCHES if getattr(cfg, k) is not None}
+    if switches.get("logit_softcap") == 0:
+        switches["logit_softcap"] = None
+    try:
+        return GPTConfig.preset(cfg.model, block_size=cfg.block_size, vocab_size=padded_vocab_size(vocab_size),
+                                n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
+                                **switches)
+    except ConfigError as e:
+        raise UsageError(f"--{e}") from None

@@ -19,6 +19,13 @@ import numpy as np
 import torch
 
 from model.checkpoint import state_tensors, unwrap
+from runtime.errors import CheckpointError
+
+# what a resume reads, and the type each must have; a file that fails this is refused before it is used
+STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "model_config": (dict,), "model": (dict,), "optimizers": (list,), "rng": (dict,), "loader": (dict,),
+    "iter": (int,), "best_val_loss": (int, float), "train_config": (dict,),
+}
 
 
 def rng_state() -> dict[str, Any]:
@@ -78,3 +85,23 @@ def train_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], optimi
         "rng_ranks": rng_ranks,
         **fields,
     }
+
+
+def check_train_state(state: dict[str, Any], path: Any) -> None:
+    """CheckpointError naming the first field of a loaded train state that is missing or of the wrong type.
+
+    ``train_state.pt`` is untrusted input: a file edited by hand, or written by another program,
+    must fail with one line, not with a KeyError deep inside the resume.
+    """
+    for key, types in STATE_FIELDS.items():
+        value = state.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            got = "missing" if key not in state else f"a {type(value).__name__}"
+            raise CheckpointError(f"{path}: '{key}' is {got}, not a {' or '.join(t.__name__ for t in types)}; "
+                                  "the file is damaged or not from train.py: restore it or start a fresh run")
+    if state["iter"] < 0:
+        raise CheckpointError(f"{path}: iteration {state['iter']} is negative; restore the file or start a fresh run")
+    rng = state["rng"]
+    if not isinstance(rng.get("torch"), torch.Tensor) or not isinstance(rng.get("numpy"), dict) \
+            or not isinstance(rng.get("python"), list):
+        raise CheckpointError(f"{path}: the saved RNG state is malformed; restore the file or start a fresh run")

@@ -20,43 +20,30 @@ from typing import Any
 import torch
 
 from data.loader import BatchLoader, read_tokens
-from data.prepare import PrepareOptions, load_meta
+from data.prepare import load_meta
 from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig
 from model.checkpoint import (ATTENTION_FILE, BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state,
-                              model_config, save_model, save_train_state)
-from model.config import padded_vocab_size
+                              model_config, save_model, save_train_state, writing)
 from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype, use_cuda_device
 from runtime.errors import CheckpointError, UsageError
 from training import dashboard
-from training.config import ARCH_FIELDS, ARCH_SWITCHES, TrainConfig
+from training.config import ARCH_FIELDS, TrainConfig, scratch_config
 from training.control import StopRequest, TrainingDiverged, check_divergence
 from training.distributed import (any_rank, ddp_kwargs, dist_from_env, full_model_state, full_optimizer_states,
                                   gather_objects, gradient_sync, init_process_group, load_optimizer_states,
                                   local_norm, mean_across_ranks, on_master, prepare_data, shard_model,
                                   sharded_grad_scaler, teardown)
 from training.evaluate import estimate_loss, sample_text
+from training.memory import check_training_fits
 from training.optim import configure_optimizers, lr_multiplier, set_lr
 from training.precision import cpu_bf16_pays
-from training.state import rank_rng_state, rng_state, set_rng_state, train_state
+from training.run_folder import check_out_dir, check_same_tokenizer, resume_command, start_writing
+from training.state import check_train_state, rank_rng_state, rng_state, set_rng_state, train_state
 from viz.picture import attention_view, write_picture
 
 ATTENTION_PROMPT_TOKENS = 48  # the val split's first tokens: a fixed text whose attention is drawn at each eval
-
-
-def scratch_config(cfg: TrainConfig, vocab_size: int) -> GPTConfig:
-    """The GPTConfig for a from-scratch model: the preset, then every switch the user set; the
-    vocabulary padded for fast matmuls (``padded_vocab_size``)."""
-    switches = {k: getattr(cfg, k) for k in ARCH_SWITCHES if getattr(cfg, k) is not None}
-    if switches.get("logit_softcap") == 0:
-        switches["logit_softcap"] = None
-    return GPTConfig.preset(cfg.model, block_size=cfg.block_size, vocab_size=padded_vocab_size(vocab_size),
-                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout,
-                            **switches)
-
-
-def resume_command(cfg: TrainConfig) -> str:
-    return f"python train.py --init_from=resume --out_dir={cfg.out_dir}"
+LOWER_BOUND_VOCAB = {"char": 1, "gpt2": 50257}  # before the data is prepared (bpe: --vocab_size)
 
 
 class Trainer:
@@ -65,22 +52,28 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, log_to_console: bool = True) -> None:
         self.cfg = cfg
         self.t_start = time.time()
+        self.dist = self.progress = self.metrics = self.wb = None
         self.threads_before = torch.get_num_threads()
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)  # process-wide, so put back by close()
         try:
             self._setup(log_to_console)
-        except BaseException:
-            torch.set_num_threads(self.threads_before)
+        except BaseException:  # bad input, or a signal during start-up: let go of what is open
+            self.close(failed=True)
             raise
 
     # ------------------------------------------------------------------ setup
 
     def _setup(self, log_to_console: bool) -> None:
-        """Device, data, process group, model, precision, sharding, optimizers, loaders, resume, wrappers,
-        run folder: in this order."""
+        """Checks, device, data, process group, model, precision, sharding, optimizers, loaders, resume,
+        wrappers, run folder: in this order.
+
+        Nothing is written (run folder or data) until every check that can be made without the
+        data has passed: out_dir, device, the train state to resume, the memory the run needs.
+        """
         cfg = self.cfg
         self.dist = dist_from_env()
+        check_out_dir(cfg, master=self.dist.master)
         self.device = resolve_device(cfg.device, self.dist.local_rank, distributed=self.dist.ddp)
         self.device_type = self.device.split(":")[0]
         if self.device_type == "cuda":
@@ -89,9 +82,16 @@ class Trainer:
         self.fsdp = cfg.fsdp and self.dist.ddp
         self.out_dir = Path(cfg.out_dir)
         self.console = self.dist.master and log_to_console
+        state = self._load_state()
+        if state is not None:
+            self._check_fits(model_config({"model": state["model_config"]}, self.out_dir / STATE_FILE))
+        elif cfg.init_from == "scratch":  # the vocabulary is known once the data is; a lower bound for now
+            self._check_fits(scratch_config(cfg, LOWER_BOUND_VOCAB.get(cfg.tokenizer, cfg.vocab_size)))
         self.data_folder, self.meta, self.tokenizer = self._prepare_data()  # before the process group: no timeout
+        if state is not None:
+            check_same_tokenizer(self.out_dir, state, self.meta["tokenizer"], self.data_folder)
         init_process_group(self.dist, self.device)
-        state = self._build_model()
+        self._build_model(state)
         self._choose_precision(state)
         if self.fsdp:  # before the optimizers, which must hold the sharded parameters
             shard_model(self.model, self.ptdtype)
@@ -105,16 +105,21 @@ class Trainer:
         # so each rank's masks differ, as they would across the rows of one big batch
         torch.manual_seed(cfg.seed + self.dist.rank)
         self.iter_num, self.best_val, self.wandb_id, self.tokens_seen = 0, math.inf, None, 0
+        state_iter = None
         if state is not None:
             self._restore(state)
+            state_iter = self.iter_num
         del state  # drop the checkpoint's tensors (nanoGPT kept them alive for the whole run)
         self._wrap_model()
         self._open_run_folder()
         self.progress = dashboard.Progress(self.iter_num, cfg.max_iters, enabled=self.console)
-        # NaN/inf loss (or gradient, without a scaler) since the last check; steps the scaler skipped in a row
-        self.diverged = torch.zeros((), dtype=torch.bool, device=self.device)  # device tensors: no sync per step
+        # NaN/inf loss, NaN/inf gradient (without a scaler) since the last check; steps the scaler skipped in
+        # a row: device tensors, no sync per step
+        self.loss_bad = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.grad_bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self.skips = torch.zeros((), dtype=torch.long, device=self.device)
         self.max_skips = torch.zeros((), dtype=torch.long, device=self.device)
+        self.saved_iter = self.iter_num if state_iter is not None else None
         self.last_loss = torch.zeros((), device=self.device)
         self.grad_norm = torch.zeros((), device=self.device)
         self.first_iter = self.iter_num
@@ -128,23 +133,31 @@ class Trainer:
         if self.console:
             print(text)
 
+    def _load_state(self) -> dict[str, Any] | None:
+        """A resume's train state (memory-mapped, checked field by field), or None for a new run."""
+        if self.cfg.init_from != "resume":
+            return None
+        state = load_train_state(self.out_dir)
+        check_train_state(state, self.out_dir / STATE_FILE)
+        return state
+
+    def _check_fits(self, mcfg: GPTConfig) -> None:
+        """Refuse a model and batch this device cannot hold, before allocating them (training/memory.py)."""
+        compute_bytes = 4 if self.cfg.dtype == "float32" else 2  # auto may pick bf16: count the smaller
+        check_training_fits(mcfg, self.cfg, self.device, compute_bytes)
+
     def _prepare_data(self) -> tuple[Path, dict[str, Any], Any]:
         """The prepared corpus: built by one process, the others wait for it (training/distributed.py)."""
-        cfg = self.cfg
-        prep = PrepareOptions(dataset=cfg.dataset, input=cfg.input, tokenizer=cfg.tokenizer,
-                              vocab_size=cfg.vocab_size, data_dir=cfg.data_dir, hf_config=cfg.hf_config,
-                              max_tokens=cfg.max_tokens)
-        folder = prepare_data(prep, self.dist, say=lambda text: print(text, file=sys.stderr, flush=True))
+        folder = prepare_data(self.cfg.prepare_options(), self.dist,
+                              say=lambda text: print(text, file=sys.stderr, flush=True))
         meta = load_meta(folder)
         return folder, meta, load_tokenizer(meta["tokenizer"], folder)
 
-    def _build_model(self) -> dict[str, Any] | None:
-        """From scratch, from out_dir's train state (returned, for _restore), or from pretrained weights."""
+    def _build_model(self, state: dict[str, Any] | None) -> None:
+        """From scratch, from out_dir's train state, or from pretrained weights; each checked to fit first."""
         cfg = self.cfg
-        state = None
-        if cfg.init_from == "resume":
-            state = load_train_state(self.out_dir)
-            saved = state.get("train_config", {})
+        if state is not None:
+            saved = state["train_config"]
             changed = [k for k in ARCH_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
             if changed:
                 raise UsageError(f"cannot resume {self.out_dir} with a different architecture: "
@@ -154,10 +167,13 @@ class Trainer:
             self.model = GPT(model_config({"model": state["model_config"]}, where, dropout=cfg.dropout))
             load_tensors(self.model, state["model"], where)
         elif cfg.init_from == "scratch":
+            mcfg = scratch_config(cfg, self.meta["vocab_size"])
+            self._check_fits(mcfg)
             torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
-            self.model = GPT(scratch_config(cfg, self.meta["vocab_size"]))
+            self.model = GPT(mcfg)
         else:
-            self.model = from_pretrained(cfg.init_from, dropout=cfg.dropout)
+            self.model = from_pretrained(cfg.init_from, dropout=cfg.dropout)  # refuses a model too big to hold
+            self._check_fits(self.model.config)
         mcfg = self.model.config
         if cfg.block_size > mcfg.block_size:
             raise UsageError(f"--block_size={cfg.block_size} exceeds the model's context ({mcfg.block_size})")
@@ -165,7 +181,6 @@ class Trainer:
             raise UsageError(f"the data's vocabulary ({self.meta['vocab_size']}, tokenizer {cfg.tokenizer}) is larger "
                              f"than the model's ({mcfg.vocab_size}); use the tokenizer the model was trained with")
         self.model.to(self.device)
-        return state
 
     def _choose_precision(self, state: dict[str, Any] | None) -> None:
         """The dtype rule (runtime/device.py); a resumed CPU run keeps its precision, for exactness."""
@@ -183,12 +198,16 @@ class Trainer:
     def _build_loaders(self) -> None:
         """The training stream (resumable), and fresh fixed-seed loaders for each eval."""
         cfg, dist, folder = self.cfg, self.dist, self.data_folder
+        vocab = self.meta["vocab_size"]  # every batch is checked against it: a token file is untrusted input
         self.train_loader = BatchLoader(folder / "train.bin", cfg.block_size, cfg.batch_size, mode=cfg.data_mode,
-                                        seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, device=self.device)
+                                        seed=cfg.seed, rank=dist.rank, world_size=dist.world_size, device=self.device,
+                                        vocab_size=vocab)
         eval_bs = cfg.eval_batch_size or cfg.batch_size
         self.eval_loaders = {split: (lambda s=split: BatchLoader(folder / f"{s}.bin", cfg.block_size, eval_bs,
-                                                                  seed=cfg.seed + 1, device=self.device))
+                                                                  seed=cfg.seed + 1, device=self.device,
+                                                                  vocab_size=vocab))
                              for split in ("train", "val")}
+        self.eval_loaders["val"]()  # a val split too short for one window is refused now, not at the first eval
 
     def _restore(self, state: dict[str, Any]) -> None:
         """Everything the next step depends on: optimizers, scaler, data position, RNG, counters."""
@@ -201,16 +220,21 @@ class Trainer:
             load_optimizer_states(self.model, self.optimizers, state["optimizers"], self.fsdp)
             if state.get("scaler") and self.scaler.is_enabled():
                 self.scaler.load_state_dict(state["scaler"])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"cannot restore the optimizer from {self.out_dir}: {e}") from None
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as e:
+            raise CheckpointError(f"cannot restore the optimizer from {self.out_dir}: {str(e)[:200]}") from None
         self.train_loader.load_state_dict(state["loader"])
-        rng = rank_rng_state(state, self.dist.rank, self.dist.world_size)
-        if rng is not None:
-            set_rng_state(rng)
-        else:  # resumed with another number of processes: fresh, distinct dropout streams
-            torch.manual_seed(self.cfg.seed + self.dist.rank + int(state["iter"]))
-        self.iter_num, self.best_val = int(state["iter"]), float(state["best_val_loss"])
-        self.wandb_id, self.tokens_seen = state.get("wandb_id"), int(state.get("tokens", 0))
+        try:
+            rng = rank_rng_state(state, self.dist.rank, self.dist.world_size)
+            if rng is not None:
+                set_rng_state(rng)
+            else:  # resumed with another number of processes: fresh, distinct dropout streams
+                torch.manual_seed(self.cfg.seed + self.dist.rank + int(state["iter"]))
+            self.iter_num, self.best_val = int(state["iter"]), float(state["best_val_loss"])
+            self.wandb_id, self.tokens_seen = state.get("wandb_id"), int(state.get("tokens", 0))
+        except (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError) as e:
+            raise CheckpointError(f"cannot restore the RNG state and counters from {self.out_dir / STATE_FILE} "
+                                  f"({type(e).__name__}: {str(e)[:100]}); the file is damaged: restore it "
+                                  "or start a fresh run") from None
         for o in self.optimizers:  # the schedule sets lr from base_lr; a resumed run may change the peak
             for g in o.param_groups:
                 g["base_lr"] = self.cfg.muon_lr if isinstance(o, torch.optim.Muon) else self.cfg.learning_rate
@@ -240,21 +264,30 @@ class Trainer:
                  f"processes x {cfg.block_size} tokens = {self.tokens_per_iter:,} tokens/iter")
 
     def _open_run_folder(self) -> None:
-        """The resolved config and a self-contained tokenizer; metrics and wandb (rank 0 writes everything)."""
+        """The resolved config and a self-contained tokenizer; metrics and wandb (rank 0 writes everything).
+
+        The first writes of the run: --overwrite's deletion of the old run, temp files of a killed
+        run removed, metrics.jsonl cut back to the resumed iteration, the tokenizer (if it changed).
+        """
         cfg, meta = self.cfg, self.meta
         self.extra: dict[str, Any] = {}
-        self.metrics = self.wb = None
         if not self.dist.master or cfg.eval_only:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.extra = {"train": dataclasses.asdict(cfg), "tokenizer": self.tokenizer.save(self.out_dir),
+        resumed = cfg.init_from == "resume"
+        with writing(self.out_dir):
+            deleted = start_writing(self.out_dir, overwrite=cfg.overwrite and not resumed)
+            if deleted:
+                self.say(f"--overwrite: deleted the previous run's {', '.join(deleted)} in {self.out_dir}")
+            spec = self.tokenizer.save(self.out_dir)
+            self.metrics = dashboard.MetricsLog(self.out_dir, self.t_start,
+                                                keep_until=self.iter_num if resumed else None)
+        self.extra = {"train": dataclasses.asdict(cfg), "tokenizer": spec,
                       "data": {k: meta.get(k) for k in ("dataset", "source", "split", "vocab_size", "train_tokens",
                                                         "val_tokens")},
                       "resolved": {"device": self.device, "dtype": dtype_name(self.ptdtype),
                                    "compile": self.use_compile, "world_size": self.dist.world_size,
                                    "fsdp": self.fsdp,
                                    "tokens_per_iter": self.tokens_per_iter}}
-        self.metrics = dashboard.MetricsLog(self.out_dir, self.t_start)
         if cfg.wandb_log and cfg.wandb_mode != "disabled":
             self.wb = dashboard.WandbLogger(cfg.wandb_project, cfg.wandb_run_name, cfg.wandb_mode, self.out_dir,
                                             dataclasses.asdict(cfg), self.wandb_id)
@@ -300,21 +333,21 @@ class Trainer:
         """A NaN/inf loss is divergence. A NaN/inf gradient with an fp16 GradScaler is a step the scaler
         skips (and then lowers its scale): normal, unless it happens MAX_SKIPPED_STEPS times in a row."""
         bad_grad = ~torch.isfinite(self.grad_norm)
-        self.diverged |= ~torch.isfinite(step_loss)
+        self.loss_bad |= ~torch.isfinite(step_loss)
         if self.scaler.is_enabled():
             self.skips = torch.where(bad_grad, self.skips + 1, 0)
             self.max_skips = torch.maximum(self.max_skips, self.skips)
         else:
-            self.diverged |= bad_grad
+            self.grad_bad |= bad_grad
 
     def _check_health(self) -> None:
         """Raise TrainingDiverged if any rank saw a NaN/inf loss or too many skipped steps (one host sync)."""
-        flags = torch.stack([self.diverged.float(), self.max_skips.float()])
+        flags = torch.stack([self.loss_bad.float(), self.max_skips.float(), self.grad_bad.float()])
         if self.dist.ddp:
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        diverged, skips = flags.tolist()
+        loss_bad, skips, grad_bad = flags.tolist()
         self.max_skips = self.skips.clone()  # the next check looks at runs of skips from here on
-        check_divergence(bool(diverged), int(skips), self.iter_num)
+        check_divergence(bool(loss_bad), int(skips), self.iter_num, grad_nonfinite=bool(grad_bad))
 
     # ------------------------------------------------------------------ evaluate and checkpoint
 
@@ -362,14 +395,15 @@ class Trainer:
         and wandb (rank 0)."""
         it = self.iter_num
         now = time.time()
-        self.metrics.write("eval", now, iter=it, train_loss=losses["train"], val_loss=losses["val"])
-        if text:
-            self.metrics.write("sample", now, iter=it, text=text)
-        dashboard.plot_losses(self.out_dir)
-        if view is not None:
-            write_picture(self.out_dir / ATTENTION_FILE, view)
-            if self.wb is not None:
-                self.wb.log_image("attention", self.out_dir / ATTENTION_FILE, it)
+        with writing(self.out_dir):
+            self.metrics.write("eval", now, iter=it, train_loss=losses["train"], val_loss=losses["val"])
+            if text:
+                self.metrics.write("sample", now, iter=it, text=text)
+            dashboard.plot_losses(self.out_dir)
+            if view is not None:
+                write_picture(self.out_dir / ATTENTION_FILE, view)
+        if view is not None and self.wb is not None:
+            self.wb.log_image("attention", self.out_dir / ATTENTION_FILE, it)
         if self.wb is not None:
             self.wb.log({"train/loss_eval": losses["train"], "val/loss": losses["val"], "tokens": self.tokens_seen},
                         step=it)
@@ -388,7 +422,13 @@ class Trainer:
                                     f"{len(ids)} tokens)")
 
     def _checkpoint_after_eval(self, val_loss: float) -> None:
-        """best/ when val improved; the latest checkpoint always (or when improved, or at the end)."""
+        """best/ when val improved, then the latest checkpoint (always, or when improved, or at the end).
+
+        train_state.pt is the commit point of a checkpoint and is written last (best/, then the model
+        export, then the state; see save_checkpoint): a kill anywhere before it resumes from the
+        previous state, which trains and evaluates this interval again and rewrites best/ and the
+        export. So neither best/ nor the export can lag behind the state a run resumes from.
+        """
         cfg, it = self.cfg, self.iter_num
         improved = val_loss < self.best_val
         self.best_val = min(self.best_val, val_loss)
@@ -406,7 +446,8 @@ class Trainer:
         return self._gathered[1]
 
     def save_checkpoint(self, val_loss: float | None) -> None:
-        """Latest checkpoint: train_state.pt (for resume) then the model export (for sample.py).
+        """Latest checkpoint: the model export (for sample.py), then train_state.pt (for resume), last:
+        the train state is a checkpoint's commit point (see _checkpoint_after_eval).
 
         Every rank calls it: the state is gathered (each rank's RNG; the shards under FSDP); rank 0 writes.
         """
@@ -416,15 +457,16 @@ class Trainer:
         rng_ranks = gather_objects(self.dist, rng_state())
 
         def write() -> None:
+            save_model(self.raw_model, self.out_dir,
+                       {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": self.best_val}, tensors)
             save_train_state(self.out_dir, train_state(
                 self.raw_model, tensors, optimizer_states, self.scaler, rng_ranks, iter=it,
                 best_val_loss=self.best_val, dtype=dtype_name(self.ptdtype), loader=self.train_loader.state_dict(),
                 wandb_id=self.wandb_id, tokens=self.tokens_seen, sharded=self.fsdp,
-                train_config=dataclasses.asdict(cfg)))
-            save_model(self.raw_model, self.out_dir,
-                       {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": self.best_val}, tensors)
+                train_config=dataclasses.asdict(cfg), tokenizer=self.extra["tokenizer"]))
 
         on_master(self.dist, "saving a checkpoint", write)
+        self.saved_iter = it
         self._gathered = None
 
     def save_best(self, val_loss: float) -> None:
@@ -433,7 +475,8 @@ class Trainer:
 
         def write() -> None:
             best = self.out_dir / BEST_DIR
-            spec = self.tokenizer.save(best)
+            with writing(best):
+                spec = self.tokenizer.save(best)
             save_model(self.raw_model, best, {**self.extra, "tokenizer": spec, "iter": self.iter_num,
                                               "val_loss": val_loss}, tensors)
 
@@ -466,8 +509,9 @@ class Trainer:
         lr_now = self.optimizers[0].param_groups[0]["lr"]
         self.progress.log(it, loss_v, lr_now, tok_s, gn_v, 1000 * self.tokens_per_iter / tok_s if tok_s else None, mfu)
         if self.metrics is not None:
-            self.metrics.write("log", now, iter=it, loss=loss_v, lr=lr_now, grad_norm=gn_v, tokens_per_sec=tok_s,
-                               mfu=mfu, flops_per_sec=flops_s, tokens=self.tokens_seen)
+            with writing(self.metrics.path):
+                self.metrics.write("log", now, iter=it, loss=loss_v, lr=lr_now, grad_norm=gn_v, tokens_per_sec=tok_s,
+                                   mfu=mfu, flops_per_sec=flops_s, tokens=self.tokens_seen)
         if self.wb is not None:
             self.wb.log({"train/loss": loss_v, "lr": lr_now, "grad_norm": gn_v, "tokens_per_sec": tok_s, "mfu": mfu,
                          "flops_per_sec": flops_s, "tokens": self.tokens_seen}, step=it)
@@ -478,36 +522,53 @@ class Trainer:
         """A signal arrived on any rank: every rank agrees on this very step, saves, and ends.
 
         Checked every step (one flag over gloo, no GPU sync): torchrun SIGKILLs its workers 30 s after
-        forwarding a signal, so waiting for the next log step could lose the save.
+        forwarding a signal, so waiting for the next log step could lose the save. Nothing is saved
+        twice (a checkpoint already at this iteration stands), and nothing before the first step of a
+        new run: there is no progress to keep.
         """
+        it = self.iter_num
         if not any_rank(self.dist, stop.requested is not None)[0]:
             return False
         self._check_health()
-        self.save_checkpoint(None)
-        self.progress.message(f"stopped at iteration {self.iter_num} ({stop.requested or 'signal'}); "
-                              f"checkpoint saved in {self.out_dir}. Resume with: {resume_command(self.cfg)}")
+        saved = False
+        if not self.cfg.eval_only and it != self.saved_iter and it > self.first_iter:
+            self.save_checkpoint(None)
+            saved = True
+        if self.dist.master and not self.cfg.eval_only:
+            signame = stop.requested or "signal"
+            if saved:
+                done = f"checkpoint saved in {self.out_dir}"
+            elif self.saved_iter is not None:
+                done = f"the checkpoint in {self.out_dir} is up to date"
+            else:
+                done = "nothing trained yet, so nothing saved"
+            resume = f". Resume with: {resume_command(self.out_dir)}" if self.saved_iter is not None else ""
+            self.progress.message(f"stopped at iteration {it} ({signame}); {done}{resume}")
         self.stopped = "signal"
         return True
 
     def result(self) -> dict[str, Any]:
         """{"iters", "val_loss", "train_loss", "best_val_loss", "time", "tokens_per_sec", "tokens", "out_dir",
-        "stopped"}, where ``stopped`` is "done", "target", "signal" or "eval_only"."""
+        "stopped", "saved_iter"}, where ``stopped`` is "done", "target", "signal" or "eval_only" and
+        ``saved_iter`` the iteration of the run folder's latest checkpoint (None: there is none)."""
         best = self.best_val if math.isfinite(self.best_val) else None
         return {**self.results, "iters": self.iter_num, "best_val_loss": best, "time": time.time() - self.t_start,
-                "tokens": self.tokens_seen, "stopped": self.stopped}
+                "tokens": self.tokens_seen, "stopped": self.stopped, "saved_iter": self.saved_iter}
 
     def close(self, failed: bool = False) -> None:
-        """End the dashboards and the process group; put the thread count back.
+        """End the dashboards and the process group; put the thread count back. Safe after a failed setup.
 
         ``failed``: leaving on an exception; then no closing barrier, which another rank still inside
         a collective could take for its own (this process exits, and torchrun ends the others).
         """
-        self.progress.close()
+        if self.progress is not None:
+            self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.wb is not None:
             self.wb.finish()
-        teardown(self.dist, barrier=not failed)
+        if self.dist is not None:
+            teardown(self.dist, barrier=not failed)
         torch.set_num_threads(self.threads_before)
 
     def __enter__(self) -> "Trainer":
