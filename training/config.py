@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data.options import DataOptions
 from runtime.device import DTYPES
 from runtime.errors import UsageError
 from runtime.options import opt
@@ -21,7 +22,7 @@ ARCH_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size") + ARCH_SWIT
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DataOptions):
     """Every option of a training run. The defaults are the ~5-minute CPU run (`python train.py`)."""
 
     # I/O
@@ -36,14 +37,7 @@ class TrainConfig:
     always_save_checkpoint: bool = opt(True, "save the latest checkpoint at every eval, not only when val improves")
     keep_best: bool = opt(True, "keep the best-val-loss model in out_dir/best/")
     sample_tokens: int = opt(200, "tokens of text generated at each eval (logged, and printed at the end); 0 = none")
-    # data
-    dataset: str = opt("shakespeare", "corpus: shakespeare, tinyshakespeare, a hub id (owner/name), or a name for --input")
-    input: str | None = opt(None, "local text for the corpus: a file, folder or glob (see data/prepare.py)")
-    tokenizer: str = opt("char", "char | bpe (trained on the corpus) | gpt2", choices=("char", "bpe", "gpt2"))
-    vocab_size: int = opt(4096, "bpe only: vocabulary size to train")
-    data_dir: str = opt("data", "prepared token files go to <data_dir>/<dataset>/<tokenizer>")
-    hf_config: str | None = opt(None, "hub datasets: the configuration, e.g. sample-10BT for HuggingFaceFW/fineweb-edu")
-    max_tokens: int | None = opt(None, "prepare at most this many tokens (train + val); none = the whole corpus")
+    # data (the corpus options are DataOptions', shared with data/prepare.py: listed first in --help)
     data_mode: str = opt("random", "random windows (nanoGPT) or sequential (each window once per epoch)",
                          choices=("random", "sequential"))
     # model
@@ -86,13 +80,15 @@ class TrainConfig:
     cooldown_frac: float = opt(0.3, "wsd only: share of lr_decay_iters spent decaying to min_lr")
     # system
     device: str = opt("auto", "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N, mps")
-    dtype: str = opt("auto", "auto (cuda: bfloat16, else float16; cpu: bfloat16 autocast if a 1-second probe "
-                             "measures it faster for this model and batch, else float32), float32, bfloat16, float16",
+    dtype: str = opt("auto", "auto (cuda: bfloat16, else float16; mps: float32; cpu: float32 unless a start-up probe "
+                             "measures bf16 matmuls faster on this CPU and then bf16 autocast faster for this model "
+                             "and batch), float32, bfloat16, float16. Muon's dtype follows the same probe",
                      choices=DTYPES)
     compile: str = opt("auto", "torch.compile the model: auto (on for CUDA, off for CPU), true, false")
     seed: int = opt(1337, "seed for init, dropout and data order")
-    threads: int = opt(0, "CPU threads for torch ops; 0 = torch's default (one per core). On a busy machine, "
-                          "1 is often several times faster for small models (threads spin-wait on each other)")
+    threads: int = opt(0, "CPU threads for torch ops; 0 = auto: start with torch's default (one per core, or "
+                          "$OMP_NUM_THREADS) and let a governor time the steps and move to fewer threads while "
+                          "other processes load the machine (and back); N = exactly N, fixed")
     peak_flops: float | None = opt(None, "device peak FLOP/s for MFU; none = GPU table (no MFU on CPU)")
     target_loss: float | None = opt(None, "stop as soon as an eval's val loss is at or below this")
     # logging
@@ -103,6 +99,7 @@ class TrainConfig:
                           choices=("online", "offline", "disabled"))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         c = str(self.compile).strip().lower()
         self.compile = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(c, c)
         if self.compile not in ("auto", "true", "false"):
@@ -111,9 +108,19 @@ class TrainConfig:
                      "n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_iters < 0 or self.warmup_iters < 0 or self.sample_tokens < 0:
-            raise UsageError("--max_iters, --warmup_iters and --sample_tokens must be >= 0")
+        if self.max_iters < 0 or self.warmup_iters < 0 or self.sample_tokens < 0 or self.threads < 0:
+            raise UsageError("--max_iters, --warmup_iters, --sample_tokens and --threads must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.cooldown_frac <= 1.0:
             raise UsageError(f"--cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
+
+
+def config_warnings(cfg: TrainConfig) -> list[str]:
+    """Options that are valid but probably not what was meant (train.py prints them on stderr)."""
+    warnings = []
+    if cfg.decay_lr and cfg.max_iters > 0 and cfg.warmup_iters >= cfg.max_iters:
+        peak = cfg.max_iters / (cfg.warmup_iters + 1)
+        warnings.append(f"--warmup_iters={cfg.warmup_iters} >= --max_iters={cfg.max_iters}: the whole run is warmup "
+                        f"and the learning rate only reaches {peak:.0%} of its peak; lower --warmup_iters")
+    return warnings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -18,18 +19,21 @@ from typing import Any
 import torch
 
 from data.loader import BatchLoader
+from data.options import DataOptions
 from data.prepare import PrepareOptions, ensure_prepared, load_meta
 from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig
 from model.checkpoint import (BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state, model_config,
                               save_model, save_train_state)
-from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype
+from runtime.cpu import CpuProbe, OtherLoad, ThreadGovernor, probe_cpu
+from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype, resolve_muon_dtype
 from runtime.errors import CheckpointError, ConfigError, UsageError
 from training import dashboard
-from training.config import ARCH_FIELDS, ARCH_SWITCHES, TrainConfig
+from training.config import ARCH_FIELDS, ARCH_SWITCHES, TrainConfig, config_warnings
 from training.control import StopRequest, TrainingDiverged
 from training.distributed import any_rank, setup_distributed, teardown
 from training.evaluate import estimate_loss, sample_text
+from training.muon import Muon
 from training.optim import configure_optimizers, lr_multiplier, set_lr
 from training.precision import cpu_bf16_pays
 from training.state import set_rng_state, train_state
@@ -82,10 +86,14 @@ class Trainer:
         self.use_compile = cfg.compile == "true" or (cfg.compile == "auto" and self.device_type == "cuda")
         self.out_dir = Path(cfg.out_dir)
         self.console = self.dist.master and log_to_console
+        if self.console:
+            for warning in config_warnings(cfg):
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         self.data_folder, self.meta, self.tokenizer = self._prepare_data()
         state = self._build_model()
         self._choose_precision(state)
-        self.optimizers = configure_optimizers(self.model, cfg, self.device_type)
+        self.governor = self._thread_governor()
+        self.optimizers = configure_optimizers(self.model, cfg, self.device_type, self.muon_dtype)
         self.scaler = torch.amp.GradScaler(self.device_type,
                                            enabled=(self.ptdtype == torch.float16 and self.device_type == "cuda"))
         self._build_loaders()
@@ -113,9 +121,7 @@ class Trainer:
         """Rank 0 prepares the corpus, then each other node's first process (a no-op if data_dir is
         shared), then everyone else reads it: never two builders of one folder at once."""
         cfg, dist = self.cfg, self.dist
-        prep = PrepareOptions(dataset=cfg.dataset, input=cfg.input, tokenizer=cfg.tokenizer,
-                              vocab_size=cfg.vocab_size, data_dir=cfg.data_dir, hf_config=cfg.hf_config,
-                              max_tokens=cfg.max_tokens)
+        prep = PrepareOptions(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DataOptions)})
         turns = [dist.master, dist.local_rank == 0 and not dist.master, dist.local_rank != 0] if dist.ddp else [True]
         folder = None
         for my_turn in turns:
@@ -156,18 +162,54 @@ class Trainer:
         return state
 
     def _choose_precision(self, state: dict[str, Any] | None) -> None:
-        """The dtype rule (runtime/device.py); a resumed CPU run keeps its precision, for exactness."""
-        cfg = self.cfg
+        """The dtype rules (runtime/device.py), fed on CPU by the start-up probe (runtime/cpu.py).
 
-        def bf16_pays() -> bool:
-            if state is not None and state.get("dtype"):
-                return state["dtype"] == "bfloat16"
-            # measured on every rank; bf16 only if all ranks found it faster
-            return not any_rank(self.dist, self.device,
-                                not cpu_bf16_pays(self.model, cfg.batch_size, cfg.block_size))[0]
+        A resumed run keeps its choices, for exactness; every rank must choose alike (DDP keeps
+        one set of weights), so bf16 is used only if all ranks measured it faster.
+        """
+        cfg = self.cfg
+        kept = dict((state or {}).get("resolved") or {})
+        if state is not None:
+            kept.setdefault("dtype", state.get("dtype"))
+            kept.setdefault("muon_dtype", "bfloat16")  # a state from torch.optim.Muon, which always used bf16
+            kept = {k: v for k, v in kept.items() if v is not None}
+        resumed = {"dtype", "muon_dtype"} <= kept.keys()
+        self.cpu_probe: CpuProbe | None = probe_cpu() if self.device_type == "cpu" and not resumed else None
+
+        def everywhere(flag: bool) -> bool:
+            return not any_rank(self.dist, self.device, not flag)[0]
+
+        def bf16_pays() -> bool:  # bf16 autocast: only where bf16 matmuls are faster, then if this model gains
+            if "dtype" in kept:
+                return kept["dtype"] == "bfloat16"
+            return everywhere(self.cpu_probe.bf16_matmul_faster
+                              and cpu_bf16_pays(self.model, cfg.batch_size, cfg.block_size))
+
+        def bf16_ortho() -> bool:
+            if "muon_dtype" in kept:
+                return kept["muon_dtype"] == "bfloat16"
+            return everywhere(self.cpu_probe.bf16_ortho_faster)
 
         self.ptdtype = resolve_dtype(cfg.dtype, self.device, cpu_bf16_pays=bf16_pays)
+        self.muon_dtype = resolve_muon_dtype(self.device, cpu_bf16_faster=bf16_ortho)
         self.autocast = autocast(self.device, self.ptdtype)
+        self.cpu_facts = self.cpu_probe.as_dict() if self.cpu_probe else \
+            {k: v for k, v in kept.items() if k in ("cpu", "cpu_flags", "matmul_gflops", "probe_seconds")}
+
+    def _thread_governor(self) -> ThreadGovernor | None:
+        """--threads=0 on a single-process eager CPU run: a governor adapts the count to the load.
+
+        Not under DDP (ranks must stay in step) nor torch.compile (its kernels fix the count).
+        """
+        cfg = self.cfg
+        why = ("--threads" if cfg.threads > 0 else "not a CPU run" if self.device_type != "cpu" else
+               "distributed" if self.dist.ddp else "compiled" if self.use_compile else None)
+        if why is None and torch.get_num_threads() > 1:
+            self.threads_policy = {"policy": "governor", "max": torch.get_num_threads()}
+            return ThreadGovernor(torch.get_num_threads(), load=OtherLoad().cores)
+        self.threads_policy = {"policy": "fixed", "threads": torch.get_num_threads(),
+                               "why": why or "one thread available"}
+        return None
 
     def _build_loaders(self) -> None:
         """The training stream (resumable), and fresh fixed-seed loaders for each eval."""
@@ -196,7 +238,9 @@ class Trainer:
         self.wandb_id, self.tokens_seen = state.get("wandb_id"), int(state.get("tokens", 0))
         for o in self.optimizers:  # the schedule sets lr from base_lr; a resumed run may change the peak
             for g in o.param_groups:
-                g["base_lr"] = self.cfg.muon_lr if isinstance(o, torch.optim.Muon) else self.cfg.learning_rate
+                g["base_lr"] = self.cfg.muon_lr if isinstance(o, Muon) else self.cfg.learning_rate
+                if isinstance(o, Muon):
+                    g["ortho_dtype"] = self.muon_dtype  # the run's recorded choice
 
     def _wrap_model(self) -> None:
         """torch.compile and DDP wrap ``self.model``; ``self.raw_model`` is what gets saved and evaluated."""
@@ -218,10 +262,26 @@ class Trainer:
                  f"(vocab {self.meta['vocab_size']})")
         self.say(f"global batch: {cfg.batch_size} x {cfg.gradient_accumulation_steps} accum x {dist.world_size} "
                  f"processes x {cfg.block_size} tokens = {self.tokens_per_iter:,} tokens/iter")
+        if self.device_type == "cpu":
+            self.say(self._cpu_line())
+
+    def _cpu_line(self) -> str:
+        """'cpu: <model> (<flags>); bf16 matmul X GFLOP/s vs fp32 Y: compute float32, muon float32; threads ...'"""
+        probe = self.cpu_probe.summary() if self.cpu_probe else \
+            f"{self.cpu_facts.get('cpu', 'this CPU')}; choices kept from the resumed run"
+        muon = f", muon {self.muon_dtype}" if any(isinstance(o, Muon) for o in self.optimizers) else ""
+        t = self.threads_policy
+        threads = f"auto (governor, up to {t['max']})" if t["policy"] == "governor" else f"{t['threads']} ({t['why']})"
+        return f"cpu: {probe}: compute {dtype_name(self.ptdtype)}{muon}; threads {threads}"
 
     def _open_run_folder(self) -> None:
         """The resolved config and a self-contained tokenizer; metrics and wandb (rank 0 writes everything)."""
         cfg, meta = self.cfg, self.meta
+        self.resolved = {"device": self.device, "dtype": dtype_name(self.ptdtype), "muon_dtype": self.muon_dtype,
+                         "compile": self.use_compile, "world_size": self.dist.world_size,
+                         "tokens_per_iter": self.tokens_per_iter, "vocab_size": self.meta["vocab_size"],
+                         "model_vocab_size": self.raw_model.config.vocab_size,
+                         "n_params": self.raw_model.num_params(), "threads": self.threads_policy, **self.cpu_facts}
         self.extra: dict[str, Any] = {}
         self.metrics = self.wb = None
         if not self.dist.master or cfg.eval_only:
@@ -230,13 +290,11 @@ class Trainer:
         self.extra = {"train": dataclasses.asdict(cfg), "tokenizer": self.tokenizer.save(self.out_dir),
                       "data": {k: meta.get(k) for k in ("dataset", "source", "split", "vocab_size", "train_tokens",
                                                         "val_tokens")},
-                      "resolved": {"device": self.device, "dtype": dtype_name(self.ptdtype),
-                                   "compile": self.use_compile, "world_size": self.dist.world_size,
-                                   "tokens_per_iter": self.tokens_per_iter}}
+                      "resolved": self.resolved}
         self.metrics = dashboard.MetricsLog(self.out_dir, self.t_start)
-        if cfg.wandb_log and cfg.wandb_mode != "disabled":
+        if cfg.wandb_log and cfg.wandb_mode != "disabled":  # the values the run uses, not only the options given
             self.wb = dashboard.WandbLogger(cfg.wandb_project, cfg.wandb_run_name, cfg.wandb_mode, self.out_dir,
-                                            dataclasses.asdict(cfg), self.wandb_id)
+                                            {**dataclasses.asdict(cfg), "resolved": self.resolved}, self.wandb_id)
             self.wandb_id = self.wb.run_id
 
     # ------------------------------------------------------------------ step
@@ -244,6 +302,7 @@ class Trainer:
     def step(self) -> None:
         """One optimizer step: gradients accumulated over micro-batches, clipped, applied. No host sync."""
         cfg, model = self.cfg, self.model
+        t0 = time.perf_counter()
         set_lr(self.optimizers, lr_multiplier(self.iter_num, cfg))
         step_loss = torch.zeros((), device=self.device)
         for micro in range(cfg.gradient_accumulation_steps):
@@ -271,6 +330,8 @@ class Trainer:
         self.tokens_seen += self.tokens_per_iter
         self.last_loss = step_loss
         self.progress.step()
+        if self.governor is not None:  # CPU: the step really ended here (no asynchronous queue)
+            self.governor.step_done(time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ evaluate and checkpoint
 
@@ -339,7 +400,8 @@ class Trainer:
         cfg, it = self.cfg, self.iter_num
         save_train_state(self.out_dir, train_state(
             self.raw_model, self.optimizers, self.scaler, iter=it, best_val_loss=self.best_val,
-            dtype=dtype_name(self.ptdtype), loader=self.train_loader.state_dict(), wandb_id=self.wandb_id,
+            dtype=dtype_name(self.ptdtype), resolved=self.resolved, loader=self.train_loader.state_dict(),
+            wandb_id=self.wandb_id,
             tokens=self.tokens_seen, train_config=dataclasses.asdict(cfg)))
         save_model(self.raw_model, self.out_dir,
                    {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": self.best_val})
