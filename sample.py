@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
     import torch
 
     from data.tokenizer import Tokenizer
+    from runtime.cpu import ThreadGovernor
 
 SEPARATOR = "---------------\n"
 
@@ -73,9 +74,11 @@ class SampleOptions:
     device: str = opt("auto", "where to run: auto = cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = opt("auto", "compute precision: auto = bfloat16 on a GPU that has it natively, float16 on "
                              "older GPUs, float32 on CPU and MPS", choices=DTYPES)
-    threads: int = opt(0, "CPU threads for torch; 0 = auto: 1 for models under 20M parameters without --compile "
-                          "(tiny eager matmuls only lose to thread hand-offs, badly so on a busy machine), else "
-                          "torch's default or $OMP_NUM_THREADS")
+    threads: int = opt(0, "CPU threads for torch; 0 = auto: start with 1 for models under 20M parameters (tiny "
+                          "eager matmuls only lose to thread hand-offs), else torch's default or $OMP_NUM_THREADS, "
+                          "and let a governor time the decode steps and move the count to whatever is fastest now "
+                          "(fewer while other processes load the machine); with --compile, torch's default; "
+                          "N = exactly N")
     compile: bool = opt(False, "torch.compile the decode step (fixed shapes, one graph per batch size): 3-10 s "
                                "once per process, then 2-3x the tokens/s at batch 1 on CPU; pays off for long "
                                "generations")
@@ -370,17 +373,26 @@ def load_source_model(source: Source) -> "torch.nn.Module":
 SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread generates at least as fast as several
 
 
-def set_threads(requested: int, n_params: int, compiled: bool) -> None:
-    """--threads: an explicit count, or auto (1 thread for a small eager model unless $OMP_NUM_THREADS says otherwise).
+def choose_threads(requested: int, n_params: int, compiled: bool) -> "ThreadGovernor | None":
+    """--threads: an explicit count (returns None), or auto: a governor over the decode steps that
+    starts at 1 thread for a small model (unless $OMP_NUM_THREADS says otherwise), else at torch's
+    default, and moves the count with the machine's load (runtime/cpu.py).
 
-    A compiled decode step keeps torch's default: its fused loops do use every core.
+    A compiled decode step keeps torch's default and no governor: its fused loops are built
+    for a fixed thread count, and they do use every core.
     """
     import torch
 
+    from runtime.cpu import OtherLoad, ThreadGovernor
+
     if requested > 0:
         torch.set_num_threads(requested)
-    elif n_params < SMALL_MODEL and not compiled and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
+        return None
+    top = torch.get_num_threads()
+    if compiled or top == 1:
+        return None
+    small = n_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ
+    return ThreadGovernor(top, start=1 if small else top, load=OtherLoad().cores)
 
 
 def mask_padded_vocab(model: "torch.nn.Module", vocab_size: int) -> None:
@@ -400,8 +412,12 @@ def mask_padded_vocab(model: "torch.nn.Module", vocab_size: int) -> None:
 
 
 def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], prompt_text: str,
-                  device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO) -> int:
-    """Run the batch, print the samples, report speed on stderr; returns the exit code."""
+                  device: "torch.device", dtype: "torch.dtype", seed: int, out: BinaryIO,
+                  governor: "ThreadGovernor | None" = None) -> int:
+    """Run the batch, print the samples, report speed on stderr; returns the exit code.
+
+    ``governor`` (CPU, --threads=0) is told the time of every decode step.
+    """
     import torch
 
     from model.generate import generate_stream
@@ -425,14 +441,18 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
                              repetition_penalty=None if o.repetition_penalty == 1.0 else o.repetition_penalty,
                              generator=generator, compile=o.compile)
     steps = 0
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
     marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
     try:
         with autocast(device, dtype):
             for nxt in stream:
                 steps += 1
+                now = time.perf_counter()
+                if governor is not None and marks:  # one decode step (plus printing) since the last token
+                    governor.step_done(now - last)
+                last = now
                 if len(marks) < 2:
-                    marks.append(time.perf_counter())
+                    marks.append(now)
                 for r, token in enumerate(nxt.tolist()):
                     if rows[r].finished:
                         continue
@@ -498,17 +518,18 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         raise UsageError(f"the checkpoint's tokenizer has {tok.vocab_size} tokens but its model only "
                          f"{model.config.vocab_size}: the run folder mixes files from different runs")
     model.eval().to(device)
-    if device.type == "cpu":
-        set_threads(o.threads, model.num_params(), o.compile)
+    governor = choose_threads(o.threads, model.num_params(), o.compile) if device.type == "cpu" else None
     mask_padded_vocab(model, tok.vocab_size)
     log(f"checkpoint {source.label}: {model.num_params() / 1e6:.2f}M parameters, context {model.config.block_size}, "
         f"{tok.kind} tokenizer ({tok.vocab_size} tokens)")
     n_threads = torch.get_num_threads()
     threads = f" ({n_threads} thread{'s' if n_threads > 1 else ''})" if device.type == "cpu" else ""
+    if governor is not None:
+        threads = f" ({n_threads} thread{'s' if n_threads > 1 else ''} at first, up to {governor.top}: governed)"
     log(f"device {device.type}{threads}, {str(dtype).removeprefix('torch.')}, seed {seed}"
         + ("" if o.seed is not None else f" (pass --seed={seed} to repeat)"))
     try:
-        return write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer)
+        return write_samples(o, model, tok, ids, prompt_text, device, dtype, seed, sys.stdout.buffer, governor)
     except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
