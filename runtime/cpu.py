@@ -221,6 +221,7 @@ class ThreadGovernor:
         self.next_retry = self.t0 + self.gap
         self.was_busy: bool | None = None
         self._apply(self.start if self.start in self.ladder else self.top, "start")
+        self.skip = 0  # a window's median shrugs off the first step's one-off costs
 
     def _apply(self, threads: int, why: str) -> None:
         """The one side effect: set the count (and note why)."""
@@ -268,15 +269,18 @@ class ThreadGovernor:
         came_from, tried = self.trial_from, self.current
         self.trial_from = None
         self.median[tried] = median
+        # While other processes are known to be busy, more threads will not help until they stop,
+        # and /proc/stat will say when: retry upwards only rarely (a failed try costs a slow step).
+        busy_below = self.was_busy and min(tried, came_from) < self.top
         if median < 0.95 * self.median[came_from]:
             self.best[tried] = min(self.best.get(tried, math.inf), median)
             self.history.append((round(self.clock() - self.t0, 3), tried, "kept"))
-            self.gap = self.retry_seconds  # conditions changed: look again soon
+            self.gap = self.max_retry_seconds if busy_below else self.retry_seconds
             if not self._start_trial(up=tried > came_from, why="further"):  # it helped: one more rung?
                 self.next_retry = self.clock() + self.gap
             return
         self._apply(came_from, "back")
-        self.gap = min(2 * self.gap, self.max_retry_seconds)  # the count held: look less often
+        self.gap = self.max_retry_seconds if busy_below else min(2 * self.gap, self.max_retry_seconds)
         self.next_retry = self.clock() + self.gap
 
     def _settled_window(self, median: float) -> None:
@@ -293,7 +297,8 @@ class ThreadGovernor:
             self._start_trial(up=False, why="other load" if became_busy else "slower")
         elif became_quiet:
             self._start_trial(up=True, why="load gone")
-        elif self.clock() >= self.next_retry:
+        elif self.clock() >= self.next_retry or (others is None and len(self.history) == 1):
+            # (with no load signal, the first window is followed by a trial at once: the machine may be busy)
             if not self._start_trial(up=self.current < self.top, why="periodic"):
                 self.next_retry = math.inf  # a ladder of one count: nothing to try, ever
 

@@ -201,3 +201,16 @@ def test_noise_does_not_make_it_flap() -> None:
         m.now += t
         gov.step_done(t)
     assert m.threads == 2 and "kept" not in [why for _, _, why in gov.history]
+
+
+@pytest.mark.parametrize("report_load", [True, False])
+def test_busy_from_the_start_costs_only_the_first_slow_steps(report_load: bool) -> None:
+    m = Machine(TWO_CORES, report_load)
+    m.busy = True
+    gov = m.governor()
+    m.run(gov, 3)
+    assert m.threads == 1  # one 1.4 s step at 2 threads, then the trial at 1 thread wins
+    while m.now < 60:
+        m.run(gov, 1)
+    # with a load signal no 2-thread retry is spent while the other process runs; without, a few
+    assert m.overhead(True, 1) < (1.04 if report_load else 1.08)
