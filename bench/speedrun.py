@@ -120,7 +120,8 @@ def run_ours(preset: str, overrides: dict, seed: int, opts: SpeedrunOptions, wor
     resolved = read_config(out_dir)["resolved"]
     return dict(time=res["time"], iters=res["iters"], tok_s=tok_s, final=final,
                 ttt=ttt if ttt is not None and final <= opts.target else None,
-                flops_per_tok=_flops_per_token(out_dir), dtype=resolved["dtype"], muon_dtype=resolved["muon_dtype"])
+                flops_per_tok=_flops_per_token(out_dir), dtype=resolved["dtype"],
+                muon_dtype=resolved["muon_dtype"] if cfg.optimizer == "muon" else "-")
 
 
 def _flops_per_token(out_dir: Path) -> float:
@@ -185,13 +186,12 @@ def levers_table(opts: SpeedrunOptions, work: Path, peaks: tuple[float, float]) 
     print("|---|---|---|---|---|---|")
     acc: dict = {"target_loss": opts.target}
     for i, (label, change, keep) in enumerate(LEVERS):
-        muon = {**acc, **change}.get("optimizer") == "muon"
         r = run_ours(opts.baseline, {**acc, **change}, opts.seeds[0], opts, work, f"lever{i}")
         if keep:
             acc.update(change)
         ttt = fmt(r["ttt"]) if r["ttt"] is not None else f"not reached ({r['time']:.1f} s run)"
         print(f"| {label} | {ttt} | {r['final']:.4f} | {r['iters']} | {fmt(r['tok_s'], '.0f')} | "
-              f"{r['dtype']} / {r['muon_dtype'] if muon else '-'} |", flush=True)
+              f"{r['dtype']} / {r['muon_dtype']} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
