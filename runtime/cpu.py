@@ -1,8 +1,8 @@
 """What this CPU is good at, and how many threads to use while others share it: measured, not assumed.
 
 - ``cpu_info()``: the model name and the ISA flags that decide which kernels are fast (no torch).
-- ``probe_cpu()``: fp32 against bf16 matmul speed at two small shapes, a training matmul and a
-  Muon Gram product (~0.1 s). bf16 is ~5x faster than fp32 on CPUs with AVX-512 BF16 or AMX
+- ``probe_cpu()``: fp32 against bf16 matmul speed on one thread at two small shapes, a training
+  matmul and a Muon Gram product (~0.1 s). bf16 is ~5x faster than fp32 on CPUs with AVX-512 BF16 or AMX
   once matrices are big enough, ~5x slower with AVX-512 but no BF16, ~100x slower with AVX2
   only, and oneDNN's "bf16 supported" flag is True on all of them, so only a measurement tells.
   ``bf16_faster`` is the rule; the device module turns it into the run's dtypes.
@@ -10,7 +10,9 @@
   fastest now. OpenMP workers spin-wait for each other, so beside one other CPU-bound process
   every thread of a parallel region waits for the one that was descheduled: a 2-core run measured
   47x slower with 2 threads and ~2.8x slower with 1. No fixed setting is right both on a quiet
-  and on a busy machine (OMP_WAIT_POLICY=PASSIVE halves quiet speed), so the count follows the load.
+  and on a busy machine, so the count follows the load. (Environment settings were measured and
+  not adopted: OMP_WAIT_POLICY=PASSIVE halves quiet speed, GOMP_SPINCOUNT=10000 costs 10% of it
+  and still left training 5x slower beside another process.)
 """
 
 from __future__ import annotations
@@ -74,13 +76,24 @@ def bf16_faster(speed: MatmulSpeed) -> bool:
 
 
 def matmul_speed(m: int, k: int, n: int, rounds: int = 3, budget: float = 0.08) -> MatmulSpeed:
-    """Best-of-``rounds`` GFLOP/s of an (m, k) @ (k, n) matmul in fp32 and bf16, rounds interleaved
-    so a burst of load hits both; after two rounds it stops once ``budget`` seconds are spent.
+    """Best-of-``rounds`` GFLOP/s of an (m, k) @ (k, n) matmul in fp32 and bf16 on one thread, rounds
+    interleaved so a burst of load hits both; after two rounds it stops once ``budget`` seconds are spent.
 
-    Inputs come from a private generator: the caller's RNG streams (and exact resume) are untouched.
+    One thread: the question is which kernels this core has, and one thread cannot be stalled by
+    a sibling that lost its core (with all threads on a busy machine both dtypes measured the same
+    crawl). Inputs come from a private generator: the caller's RNG streams are untouched.
     """
     import torch
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _best_of(torch, m, k, n, rounds, budget)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _best_of(torch, m: int, k: int, n: int, rounds: int, budget: float) -> MatmulSpeed:  # noqa: ANN001
     g = torch.Generator().manual_seed(0)
     pairs = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -121,8 +134,8 @@ class CpuProbe:
     def summary(self) -> str:
         """'<model> (<flags>); bf16 matmul X GFLOP/s vs fp32 Y (Muon's shape: x vs y)', for the start-up line."""
         t, m = self.speeds["train"], self.speeds["muon"]
-        return (f"{self.info.model} ({self.info.shown_flags()}); bf16 matmul {t.bfloat16:.1f} GFLOP/s vs fp32 "
-                f"{t.float32:.1f} (Muon's shape: {m.bfloat16:.1f} vs {m.float32:.1f})")
+        return (f"{self.info.model} ({self.info.shown_flags()}); one thread's bf16 matmul {t.bfloat16:.1f} GFLOP/s "
+                f"vs fp32 {t.float32:.1f} (Muon's shape: {m.bfloat16:.1f} vs {m.float32:.1f})")
 
     def as_dict(self) -> dict:
         """For config.json's ``resolved`` section and wandb."""

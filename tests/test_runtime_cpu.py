@@ -65,7 +65,7 @@ def test_probe_decisions_follow_each_shape() -> None:
     assert facts["cpu"] == "test CPU" and facts["cpu_flags"] == ["avx2"]
     assert facts["matmul_gflops"]["train"] == {"float32": 150, "bfloat16": 500, "shape": [256, 128, 512]}
     line = avx2.summary()
-    assert line.startswith("test CPU (avx2, no avx512_bf16/amx); bf16 matmul 1.4 GFLOP/s vs fp32 144.0")
+    assert line.startswith("test CPU (avx2, no avx512_bf16/amx); one thread's bf16 matmul 1.4 GFLOP/s vs fp32 144.0")
 
 
 def test_matmul_probe_measures_both_dtypes_cheaply_and_leaves_the_rng_alone() -> None:
