@@ -12,6 +12,7 @@ import netrc
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,6 @@ class Progress:
     SMOOTHING = 0.3  # weight of the newest interval in the running seconds-per-iteration
 
     def __init__(self, start: int, total: int, enabled: bool, clock: Any = None) -> None:
-        import time
-
         self.bar = None
         self.total = total
         self.enabled = enabled  # off on ranks other than 0, and for in-process callers that want quiet
