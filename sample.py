@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # imported lazily at run time (see the module docstring)
     import torch
 
     from data.tokenizer import Tokenizer
+    from runtime.cpu import ThreadGovernor
 
 SEPARATOR = "---------------\n"
 
@@ -74,9 +75,11 @@ class SampleOptions:
     device: str = opt("auto", "where to run: auto = cuda, else mps, else cpu", choices=("auto", "cpu", "cuda", "mps"))
     dtype: str = opt("auto", "compute precision: auto = bfloat16 on a GPU that has it natively, float16 on "
                              "older GPUs, float32 on CPU and MPS", choices=DTYPES)
-    threads: int = opt(0, "CPU threads for torch; 0 = auto: 1 for models under 20M parameters without --compile "
-                          "(tiny eager matmuls only lose to thread hand-offs, badly so on a busy machine), else "
-                          "torch's default or $OMP_NUM_THREADS")
+    threads: int = opt(0, "CPU threads for torch; 0 = auto: start with 1 for models under 20M parameters (tiny "
+                          "eager matmuls only lose to thread hand-offs), else torch's default or $OMP_NUM_THREADS, "
+                          "and let a governor time the decode steps and move the count to whatever is fastest now "
+                          "(fewer while other processes load the machine); with --compile, torch's default; "
+                          "N = exactly N")
     compile: bool = opt(False, "torch.compile the decode step (fixed shapes, one graph per batch size): 3-10 s "
                                "once per process, then 2-3x the tokens/s at batch 1 on CPU; pays off for long "
                                "generations")
@@ -420,17 +423,26 @@ def load_source_model(source: Source) -> "torch.nn.Module":
 SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread generates at least as fast as several
 
 
-def set_threads(requested: int, n_params: int, compiled: bool) -> None:
-    """--threads: an explicit count, or auto (1 thread for a small eager model unless $OMP_NUM_THREADS says otherwise).
+def choose_threads(requested: int, n_params: int, compiled: bool) -> "ThreadGovernor | None":
+    """--threads: an explicit count (returns None), or auto: a governor over the decode steps that
+    starts at 1 thread for a small model (unless $OMP_NUM_THREADS says otherwise), else at torch's
+    default, and moves the count with the machine's load (runtime/cpu.py).
 
-    A compiled decode step keeps torch's default: its fused loops do use every core.
+    A compiled decode step keeps torch's default and no governor: its fused loops are built
+    for a fixed thread count, and they do use every core.
     """
     import torch
 
+    from runtime.cpu import OtherLoad, ThreadGovernor
+
     if requested > 0:
         torch.set_num_threads(requested)
-    elif n_params < SMALL_MODEL and not compiled and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
+        return None
+    top = torch.get_num_threads()
+    if compiled or top == 1:
+        return None
+    small = n_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ
+    return ThreadGovernor(top, start=1 if small else top, load=OtherLoad().cores)
 
 
 # ---------------------------------------------------------------------------- main
@@ -443,11 +455,13 @@ def sampling_settings(o: SampleOptions) -> dict[str, Any]:
 
 def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], prompt_text: str,
                   device: "torch.device", autocast_dtype: "torch.dtype", seed: int, out: BinaryIO,
-                  on_step: Any = None) -> tuple[int, list[int]]:
+                  on_step: Any = None, governor: "ThreadGovernor | None" = None) -> tuple[int, list[int]]:
     """Run the batch, print the samples, report speed on stderr; returns the exit code and sample 1's tokens
     (up to and including the one that ended it). ``on_step`` is generate_stream's per-step hook.
 
-    ``autocast_dtype``: float32 for none (weights already in the compute dtype, or fp32 throughout)."""
+    ``autocast_dtype``: float32 for none (weights already in the compute dtype, or fp32 throughout).
+    ``governor`` (CPU, --threads=0) is told the time of every decode step.
+    """
     import torch
 
     from model.generate import generate_stream
@@ -472,14 +486,18 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
                              vocab_limit=tok.vocab_size)  # never ids the tokenizer cannot decode (padded head rows)
     sample_one: list[int] = []  # sample 1's tokens, for --attention
     steps = 0
-    t0 = time.perf_counter()
+    t0 = last = time.perf_counter()
     marks: list[float] = []  # arrival of tokens 1 and 2: the prefill, then the first decode step (which compiles)
     try:
         with autocast(device, autocast_dtype):
             for nxt in stream:
                 steps += 1
+                now = time.perf_counter()
+                if governor is not None and marks:  # one decode step (plus printing) since the last token
+                    governor.step_done(now - last)
+                last = now
                 if len(marks) < 2:
-                    marks.append(time.perf_counter())
+                    marks.append(now)
                 for r, token in enumerate(nxt.tolist()):
                     if rows[r].finished:
                         continue
@@ -576,12 +594,13 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
     weights_dtype, use_autocast = decode_precision(device.type, dtype)
     if weights_dtype != torch.float32:  # CUDA: weights in the compute dtype, no autocast (see model/generate.py)
         cast_weights(model, weights_dtype)
-    if device.type == "cpu":
-        set_threads(o.threads, model.num_params(), o.compile)
+    governor = choose_threads(o.threads, model.num_params(), o.compile) if device.type == "cpu" else None
     log(f"checkpoint {source.label}: {model.num_params() / 1e6:.2f}M parameters, context {model.config.block_size}, "
         f"{tok.kind} tokenizer ({tok.vocab_size} tokens)")
     n_threads = torch.get_num_threads()
     threads = f" ({n_threads} thread{'s' if n_threads > 1 else ''})" if device.type == "cpu" else ""
+    if governor is not None:
+        threads = f" ({n_threads} thread{'s' if n_threads > 1 else ''} at first, up to {governor.top}: governed)"
     log(f"device {device.type}{threads}, {str(dtype).removeprefix('torch.')}, seed {seed}"
         + ("" if o.seed is not None else f" (pass --seed={seed} to repeat)"))
     # --attention: a bad path is reported after the samples are printed (they are not lost), as a usage error
@@ -594,7 +613,8 @@ def run(o: SampleOptions, source: Source, tok: "Tokenizer", ids: list[int], prom
         recorder = NextTokenRecorder(**sampling_settings(o)) if problem is None else None
     try:
         code, sample_one = write_samples(o, model, tok, ids, prompt_text, device,
-                                         dtype if use_autocast else torch.float32, seed, sys.stdout.buffer, recorder)
+                                         dtype if use_autocast else torch.float32, seed, sys.stdout.buffer, recorder,
+                                         governor)
     except BrokenPipeError:  # `python sample.py | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -72,6 +72,7 @@ def ours(work: Path) -> tuple[str, callable, float]:
                       learning_rate=1e-3, beta2=0.99, grad_clip=1.0, warmup_iters=100, max_iters=2000,
                       batch_size=BATCH, dtype="float32", dataset="bench", input=str(corpus),
                       data_dir=str(work / "data"), out_dir=str(work / "out"), seed=1337,
+                      threads=torch.get_num_threads(),  # fixed, as nanoGPT's: no governor trials in the timing
                       **{k: v for k, v in SHAPE.items() if k != "vocab_size"})
     trainer = Trainer(cfg, log_to_console=False)
 
@@ -146,7 +147,8 @@ def full_loop(steps: int) -> float:
         cfg = train.load_config([f"--input={text}", "--dataset=bench", f"--data_dir={tmp}/data",
                                  f"--out_dir={tmp}/out", str(ROOT / "configs" / "shakespeare_char_cpu.toml"),
                                  f"--max_iters={steps + 10}", "--log_interval=10", f"--eval_interval={10**6}",
-                                 "--eval_iters=1", "--sample_tokens=0", "--init_from=scratch"])
+                                 "--eval_iters=1", "--sample_tokens=0", "--init_from=scratch",
+                                 f"--threads={torch.get_num_threads()}"])
         res = train.train(cfg, log_to_console=False)
     return res["tokens_per_sec"]
 

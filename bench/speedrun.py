@@ -4,6 +4,10 @@
     NANOGPT_DIR=../nanoGPT python -m bench.speedrun   # also nanoGPT itself, run beside us
     python -m bench.speedrun --levers               # the lever table: one run per row, 1 seed
 
+Nothing is fixed for one CPU: every run uses dtype=auto and --threads=0, so the start-up probe
+picks the compute dtype and Muon's, and each table shows them with the CPU model and its flags
+(avx2, avx512f, avx512_bf16, amx): results differ by CPU class, so every table says which it was.
+
 Protocol (the same for every contender):
 - data: tinyshakespeare, characters, nanoGPT's split (first 90% train); read from --input.
 - each run stops at its iteration budget or at the first in-loop eval with val loss <= target;
@@ -11,7 +15,8 @@ Protocol (the same for every contender):
 - afterwards the final weights are scored on the SAME 200 val batches (batch 12, block 64,
   seed 0) for everyone: that is the "final val" column, and a run only counts as reaching
   the target if this score is <= target too.
-- medians over seeds; ratios printed side by side from this one run.
+- medians over seeds; ratios printed side by side from this one run; nanoGPT's runs are
+  interleaved with the seeds' runs (first ``--nanogpt_seeds`` rounds), so load drifts hit all.
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ from runtime.errors import UsageError
 from runtime.options import opt, parse, run_main
 from bench.timing import cpu_description, matmul_peak
 
-DEFAULT_INPUT = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 # Each kept lever adds its change to the rows above it, starting from the classic replica;
 # a dropped lever is measured on top of everything kept so far and then left out.
@@ -46,7 +50,6 @@ LEVERS: list[tuple[str, dict, bool]] = [
      dict(optimizer="muon", muon_lr=0.02, learning_rate=3e-3, weight_decay=0.0, min_lr=3e-4), True),
     ("+ batch 32, 200 iterations (warmup 20, cosine to 3e-4); evals at start and end only",
      dict(batch_size=32, max_iters=200, lr_decay_iters=200, warmup_iters=20), True),
-    ("+ bf16 autocast", dict(dtype="bfloat16"), True),
     ("warmup-stable-decay (cooldown 50%) instead of cosine (dropped)", dict(lr_schedule="wsd", cooldown_frac=0.5),
      False),
     ("Muon with weight decay 0.1 (dropped)", dict(weight_decay=0.1), False),
@@ -55,7 +58,8 @@ LEVERS: list[tuple[str, dict, bool]] = [
 
 @dataclass
 class SpeedrunOptions:
-    input: str = opt(str(DEFAULT_INPUT), "tinyshakespeare.txt (the char-rnn file); never downloaded here")
+    input: str = opt("../shared/data/tinyshakespeare.txt", "tinyshakespeare.txt (the char-rnn file; never "
+                     "downloaded here); a relative path is tried from here, then from the repository root")
     seeds: list[int] = opt([1337, 1338, 1339], "seeds; repeat --seeds for several (medians are reported)")
     target: float = opt(1.886, "target val loss (nanoGPT's CPU recipe result)")
     final_eval_batches: int = opt(200, "val batches (of 12 x 64 tokens) for the final score, same for all")
@@ -65,7 +69,7 @@ class SpeedrunOptions:
                                   "prepared, to run side by side (default: $NANOGPT_DIR)")
     nanogpt_seeds: int = opt(1, "how many of the seeds to run nanoGPT with (it has no --seed; runs repeat seed 1337)")
     levers: bool = opt(False, "print the lever table instead (one seed per row)")
-    threads: int = opt(0, "torch threads; 0 = torch's default")
+    threads: int = opt(0, "train.py --threads for our runs; 0 = auto (the thread governor)")
     work_dir: str | None = opt(None, "where run folders go; default a temp dir")
 
 
@@ -98,6 +102,7 @@ def time_to_target(out_dir: Path, target: float) -> float | None:
 def run_ours(preset: str, overrides: dict, seed: int, opts: SpeedrunOptions, work: Path, name: str) -> dict:
     """One in-process training run of ours; returns its timings and scores."""
     import train
+    from model.checkpoint import read_config
     from training.dashboard import read_metrics
 
     out_dir = work / f"{name}-{seed}"
@@ -112,9 +117,11 @@ def run_ours(preset: str, overrides: dict, seed: int, opts: SpeedrunOptions, wor
     ttt = time_to_target(out_dir, opts.target)
     logs = [r["tokens_per_sec"] for r in read_metrics(out_dir) if r.get("event") == "log"]
     tok_s = statistics.median(logs) if logs else res["tokens_per_sec"]  # training steps only, like nanoGPT's
+    resolved = read_config(out_dir)["resolved"]
     return dict(time=res["time"], iters=res["iters"], tok_s=tok_s, final=final,
                 ttt=ttt if ttt is not None and final <= opts.target else None,
-                flops_per_tok=_flops_per_token(out_dir), dtype=cfg.dtype)
+                flops_per_tok=_flops_per_token(out_dir), dtype=resolved["dtype"],
+                muon_dtype=resolved["muon_dtype"] if cfg.optimizer == "muon" else "-")
 
 
 def _flops_per_token(out_dir: Path) -> float:
@@ -157,47 +164,67 @@ def fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def input_path(given: str) -> Path:
+    """--input as given, else relative to the repository root (the default names ../shared beside it)."""
+    path = Path(given)
+    if not path.is_file() and not path.is_absolute():
+        path = REPO / given
+    if not path.is_file():
+        raise UsageError(f"--input {given} not found: pass the tinyshakespeare file (the char-rnn input.txt)")
+    return path.resolve()
+
+
+def table_header(peaks: tuple[float, float], target: float) -> None:
+    """Printed above every table: which CPU class the figures belong to."""
+    print(f"\n{cpu_description()}")
+    print(f"matmul peak fp32 {peaks[0] / 1e9:.0f} GFLOP/s, bf16 {peaks[1] / 1e9:.0f} GFLOP/s; target val loss {target}")
+
+
+def levers_table(opts: SpeedrunOptions, work: Path, peaks: tuple[float, float]) -> None:
+    table_header(peaks, opts.target)
+    print("| lever | time to target (s) | final val | iters | tokens/s | dtype / Muon's |")
+    print("|---|---|---|---|---|---|")
+    acc: dict = {"target_loss": opts.target}
+    for i, (label, change, keep) in enumerate(LEVERS):
+        r = run_ours(opts.baseline, {**acc, **change}, opts.seeds[0], opts, work, f"lever{i}")
+        if keep:
+            acc.update(change)
+        ttt = fmt(r["ttt"]) if r["ttt"] is not None else f"not reached ({r['time']:.1f} s run)"
+        print(f"| {label} | {ttt} | {r['final']:.4f} | {r['iters']} | {fmt(r['tok_s'], '.0f')} | "
+              f"{r['dtype']} / {r['muon_dtype']} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse(SpeedrunOptions, argv, prog="python -m bench.speedrun", description=__doc__.split("\n")[0])
-    if not Path(opts.input).is_file():
-        raise UsageError(f"--input {opts.input} not found: pass the tinyshakespeare file (the char-rnn input.txt)")
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
+    opts.input = str(input_path(opts.input))
     work = Path(opts.work_dir or tempfile.mkdtemp(prefix="quillgpt-speedrun-"))
     print(cpu_description(), flush=True)
-    fp32_peak, bf16_peak = matmul_peak(torch.float32, runs=9), matmul_peak(torch.bfloat16, runs=9)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul peak fp32 {fp32_peak / 1e9:.0f} "
-          f"GFLOP/s, bf16 {bf16_peak / 1e9:.0f} GFLOP/s; target val loss {opts.target}", flush=True)
-
+    peaks = matmul_peak(torch.float32, runs=9), matmul_peak(torch.bfloat16, runs=9)
     if opts.levers:
-        print("| lever | time to target (s) | final val | iters | tokens/s |")
-        print("|---|---|---|---|---|")
-        acc: dict = {"target_loss": opts.target}
-        for i, (label, change, keep) in enumerate(LEVERS):
-            r = run_ours(opts.baseline, {**acc, **change}, opts.seeds[0], opts, work, f"lever{i}")
-            if keep:
-                acc.update(change)
-            ttt = fmt(r["ttt"]) if r["ttt"] is not None else f"not reached ({r['time']:.1f} s run)"
-            print(f"| {label} | {ttt} | {r['final']:.4f} | {r['iters']} | {fmt(r['tok_s'], '.0f')} |", flush=True)
+        levers_table(opts, work, peaks)
         return 0
-
     rows: dict[str, list[dict]] = {"classic replica": [], "fast preset": [], "nanoGPT": []}
-    for seed in opts.seeds:
+    for i, seed in enumerate(opts.seeds):
         rows["classic replica"].append(run_ours(opts.baseline, {"target_loss": opts.target}, seed, opts, work,
                                                 "classic"))
         rows["fast preset"].append(run_ours(opts.fast, {"target_loss": opts.target}, seed, opts, work, "fast"))
         for name in ("classic replica", "fast preset"):
             r = rows[name][-1]
             print(f"  seed {seed} {name}: {r['time']:.1f} s, {r['iters']} iters, final val {r['final']:.4f}, "
-                  f"time to target {fmt(r['ttt'])} s", flush=True)
-    if opts.nanogpt_dir:
-        for _ in range(opts.nanogpt_seeds):
+                  f"time to target {fmt(r['ttt'])} s, {r['dtype']} (Muon {r['muon_dtype']})", flush=True)
+        if opts.nanogpt_dir and i < opts.nanogpt_seeds:
             r = run_nanogpt(Path(opts.nanogpt_dir), opts.target)
             rows["nanoGPT"].append(r)
             print(f"  nanoGPT: {r['time']:.1f} s, its final val (20 batches) {fmt(r['final'], '.4f')}", flush=True)
+    summary_table(opts, rows, peaks)
+    print(f"seeds: {opts.seeds}; run folders in {work}")
+    return 0
 
-    print(f"\n{'contender':<16} {'wall s':>7} {'to target s':>12} {'final val':>10} {'tokens/s':>9} {'GFLOP/s':>8}"
-          f" {'% of peak':>11}")
+
+def summary_table(opts: SpeedrunOptions, rows: dict[str, list[dict]], peaks: tuple[float, float]) -> None:
+    table_header(peaks, opts.target)
+    print(f"{'contender':<16} {'wall s':>7} {'to target s':>12} {'final val':>10} {'tokens/s':>9} {'GFLOP/s':>8}"
+          f" {'% of peak':>11} {'dtype':>9}")
     summary = {}
     for name, rs in rows.items():
         if not rs:
@@ -207,21 +234,22 @@ def main(argv: list[str] | None = None) -> int:
         gflops = tok_s * fpt / 1e9 if fpt and tok_s else None
         summary[name] = dict(wall=wall, ttt=ttt, final=final, tok_s=tok_s)
         bf16 = rs[0].get("dtype") == "bfloat16"  # achieved FLOP/s against the peak of the dtype it ran in
-        pct = f"{100 * gflops * 1e9 / (bf16_peak if bf16 else fp32_peak):.1f} {'bf16' if bf16 else 'fp32'}" \
+        pct = f"{100 * gflops * 1e9 / (peaks[1] if bf16 else peaks[0]):.1f} {'bf16' if bf16 else 'fp32'}" \
             if gflops else "-"
         print(f"{name:<16} {fmt(wall):>7} {fmt(ttt):>12} {fmt(final, '.4f'):>10} {fmt(tok_s, '.0f'):>9} "
-              f"{fmt(gflops):>8} {pct:>11}")
+              f"{fmt(gflops):>8} {pct:>11} {rs[0].get('dtype', 'float32'):>9}")
     base, fast = summary["classic replica"], summary["fast preset"]
     base_time = base["ttt"] if base["ttt"] is not None else base["wall"]
     print(f"\nfast preset time to target / classic replica {'time to target' if base['ttt'] else 'full run'}: "
           f"{fmt(fast['ttt'] / base_time if fast['ttt'] else None, '.3f')}  (goal <= 0.333)")
     if "nanoGPT" in summary:
         n = summary["nanoGPT"]
+        print(f"fast preset time to target / nanoGPT wall time: {fmt(fast['ttt'] / n['wall'] if fast['ttt'] else None, '.3f')}"
+              f"  (goal <= 0.333); / nanoGPT time to target: "
+              f"{fmt(fast['ttt'] / n['ttt'] if fast['ttt'] and n['ttt'] else None, '.3f')}")
         print(f"classic replica tokens/s / nanoGPT tokens/s: {base['tok_s'] / n['tok_s']:.3f}  (goal >= 1.0)")
-        print(f"classic replica final val {base['final']:.4f} vs nanoGPT's {n['final']:.4f} (20-batch estimate); "
-              f"reference 1.8857 +- 0.03")
-    print(f"seeds: {opts.seeds}; run folders in {work}")
-    return 0
+        print(f"classic replica final val {base['final']:.4f} vs nanoGPT's {fmt(n['final'], '.4f')} (20-batch "
+              f"estimate); reference 1.8857 +- 0.03")
 
 
 if __name__ == "__main__":

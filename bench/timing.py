@@ -39,17 +39,7 @@ def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5
 
 def cpu_description() -> str:
     """The CPU's model name and the flags that decide which kernels are fast, for every benchmark table."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown CPU":
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    shown = " ".join(f for f in wanted if f in flags) or "none of avx2/avx512f/avx512_bf16/amx"
-    return f"{model}; {torch.get_num_threads()} threads; flags: {shown}; torch {torch.__version__}"
+    from runtime.cpu import cpu_info
+
+    info = cpu_info()
+    return f"{info.model}; {torch.get_num_threads()} threads; flags: {info.shown_flags()}; torch {torch.__version__}"

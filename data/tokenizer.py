@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator
 
 import tiktoken
 
+from data.options import TOKENIZERS
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import DataError
 from runtime.paths import member
@@ -29,7 +30,7 @@ from runtime.paths import member
 EOT_TEXT = "<|endoftext|>"
 GPT2_EOT = 50256
 GPT2_RANKS_ENV = "QUILLGPT_GPT2_RANKS"
-KINDS = ("char", "bpe", "gpt2")
+KINDS = TOKENIZERS  # data/options.py names them, for the option system
 
 
 def _as_list(ids: Any) -> list[int]:

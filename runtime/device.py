@@ -86,7 +86,9 @@ def resolve_dtype(name: str, device: "torch.device | str", cpu_bf16_pays: Callab
 
     auto: CUDA -> bfloat16 where the GPU has it natively, else float16 (training adds a
     GradScaler); MPS -> float32; CPU -> bfloat16 autocast only if ``cpu_bf16_pays()`` measures
-    it faster on this CPU (it is ~100x slower on CPUs without AVX-512 BF16), else float32.
+    it faster on this CPU, else float32. bf16 is ~100x slower on CPUs with AVX2 only and ~5x
+    slower with AVX-512 but no BF16, although oneDNN reports "bf16 supported" on both, so the
+    callable must measure (training: runtime/cpu.py's matmul probe, then training/precision.py).
     """
     import torch
 
@@ -100,6 +102,21 @@ def resolve_dtype(name: str, device: "torch.device | str", cpu_bf16_pays: Callab
     if device.type == "cpu" and cpu_bf16_pays is not None and cpu_bf16_pays():
         return torch.bfloat16
     return torch.float32
+
+
+def resolve_muon_dtype(device: "torch.device | str", cpu_bf16_faster: Callable[[], bool] | None = None) -> str:
+    """The dtype Muon orthogonalises in: the one rule, beside ``resolve_dtype``.
+
+    CUDA -> bfloat16 (tensor cores; what torch.optim.Muon always uses); MPS -> float32; CPU ->
+    bfloat16 only if ``cpu_bf16_faster()`` measured bf16 matmuls faster than fp32 on this CPU
+    (runtime/cpu.py), else float32: without native bf16 it made Muon's step ~7x slower.
+    """
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda" or (kind == "cpu" and cpu_bf16_faster is not None and cpu_bf16_faster()):
+        return "bfloat16"
+    return "float32"
 
 
 def autocast(device: "torch.device | str", dtype: "torch.dtype") -> contextlib.AbstractContextManager:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from runtime.device import (DTYPES, autocast, cuda_has_native_bf16, dtype_name, resolve_device, resolve_dtype,
-                            use_cuda_device)
+                            resolve_muon_dtype, use_cuda_device)
 from runtime.errors import DeviceError
 
 
@@ -91,6 +91,20 @@ def test_auto_on_cpu_is_float32_unless_the_probe_says_bf16_pays() -> None:
     assert calls == [False, True]
     assert resolve_dtype("auto", "mps", probe(True)) is torch.float32  # the CPU probe is for CPUs only
     assert calls == [False, True]
+
+
+def test_muon_orthogonalises_in_bf16_on_gpus_and_only_on_cpus_that_measured_it_faster() -> None:
+    calls = []
+
+    def probe(answer: bool):
+        return lambda: calls.append(answer) or answer
+
+    assert resolve_muon_dtype("cpu") == "float32"  # nothing measured: never guess bf16
+    assert resolve_muon_dtype("cpu", probe(False)) == "float32"  # AVX2 / AVX-512 without BF16
+    assert resolve_muon_dtype("cpu", probe(True)) == "bfloat16"  # AVX-512 BF16, AMX
+    assert resolve_muon_dtype("cuda:0", probe(False)) == "bfloat16"  # as torch.optim.Muon: tensor cores
+    assert resolve_muon_dtype("mps", probe(True)) == "float32"
+    assert calls == [False, True]  # the CPU probe is asked on CPUs only
 
 
 @pytest.mark.parametrize("capability, dtype", [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),

@@ -516,3 +516,27 @@ def test_compile_without_a_cpp_compiler_is_one_line_and_exit_2(ckpt, tmp_path):
     assert proc.returncode == 2, err(proc)
     lines = err(proc).strip().splitlines()
     assert len(lines) == 1 and "needs a C++ compiler" in lines[0] and "Traceback" not in err(proc), lines
+
+
+@pytest.mark.parametrize("requested, params, compiled, omp, expect", [
+    (3, 1_000, False, False, (None, 3)),  # explicit: exactly that, no governor
+    (0, 1_000, False, False, ("governor", 1, 2)),  # small eager model: start at 1, may climb to 2
+    (0, 50_000_000, False, False, ("governor", 2, 2)),  # big model: start at torch's default
+    (0, 1_000, False, True, ("governor", 2, 2)),  # $OMP_NUM_THREADS set: start where it says
+    (0, 1_000, True, False, (None, 2)),  # compiled decode step: its kernels keep torch's count
+])
+def test_thread_choice_for_sampling(monkeypatch, requested, params, compiled, omp, expect):
+    torch = pytest.importorskip("torch")
+    import sample
+
+    if omp:
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    else:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)  # torch's "default" here; the conftest fixture restores 1 afterwards
+    governor = sample.choose_threads(requested, params, compiled)
+    if expect[0] is None:
+        assert governor is None and torch.get_num_threads() == expect[1]
+    else:
+        assert governor.current == expect[1] == torch.get_num_threads() and governor.top == expect[2]
+        governor.step_done(0.001)  # a decode step's time is all it needs

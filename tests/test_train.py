@@ -123,9 +123,67 @@ def test_presets_apply_every_key_and_build_a_model_config(preset: str) -> None:
         got = getattr(cfg, key)
         assert got == value or (isinstance(value, int) and float(got) == value), (key, value, got)
     assert cfg.out_dir != TrainConfig().out_dir  # a preset never overwrites the default run's folder
+    # nothing CPU-specific is fixed: the dtype, Muon's dtype and threads come from start-up probes
+    assert not {"dtype", "threads"} & keys.keys() and cfg.dtype == "auto" and cfg.threads == 0, preset
     assert cfg.warmup_iters < (cfg.lr_decay_iters or cfg.max_iters) or not cfg.decay_lr
     model = scratch_config(cfg, vocab_size=50257)  # the architecture it asks for is a valid one
     assert (model.n_layer, model.n_embd, model.block_size) == (cfg.n_layer, cfg.n_embd, cfg.block_size)
+
+
+def test_help_answers_without_importing_torch() -> None:
+    code = ("import sys, train\n"
+            "try:\n    train.main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print('torch imported:', 'torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=subprocess_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "torch imported: False"
+    assert "--val_fraction (" in proc.stdout and "--gpt2_ranks (" in proc.stdout
+
+
+def test_warmup_as_long_as_the_run_warns_once(tmp_path: Path, corpus, capsys) -> None:
+    assert train.main(args(tmp_path, corpus, "--max_iters=3", "--warmup_iters=3", "--eval_interval=3")) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: --warmup_iters=3 >= --max_iters=3: the whole run is warmup and the learning "
+                        "rate only reaches 75% of its peak; lower --warmup_iters"]
+    assert train.main(args(tmp_path, corpus, "--max_iters=3", "--warmup_iters=2", "--eval_interval=3",
+                           out="ok")) == 0
+    assert "warning:" not in capsys.readouterr().err
+
+
+def test_every_data_option_of_prepare_is_a_training_option_and_reaches_it(tmp_path: Path, corpus,
+                                                                           monkeypatch) -> None:
+    import training.trainer as trainer
+    from data.options import DataOptions
+    from data.prepare import PrepareOptions
+
+    train_fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for f in dataclasses.fields(DataOptions):  # one definition: same default, type and help
+        mine = train_fields[f.name]
+        assert (mine.default, mine.type, mine.metadata["help"]) == (f.default, f.type, f.metadata["help"]), f.name
+    seen = []
+    real = trainer.ensure_prepared
+
+    def spy(opts: PrepareOptions):
+        seen.append(opts)
+        return real(opts)
+
+    monkeypatch.setattr(trainer, "ensure_prepared", spy)
+    given = {"val_fraction": 0.25, "num_proc": 1, "text_column": "body", "hf_split": "validation",
+             "cache_dir": str(tmp_path / "cache"), "bpe_max_chars": 12345, "gpt2_ranks": str(tmp_path / "r")}
+    run(args(tmp_path, corpus, "--max_iters=1", "--eval_interval=1", *(f"--{k}={v}" for k, v in given.items())))
+    assert all(getattr(seen[0], k) == v for k, v in given.items())
+    meta = json.loads((tmp_path / "data" / "poem" / "char" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["recipe"]["val_fraction"] == 0.25  # a plain text: its last quarter of characters is val
+    assert meta["val_tokens"] == pytest.approx(0.25 * (meta["train_tokens"] + meta["val_tokens"]), abs=2)
+
+
+def test_unknown_dataset_lists_what_is_prepared_under_that_name(tmp_path: Path, corpus, capsys) -> None:
+    run(args(tmp_path, corpus, "--max_iters=1", "--eval_interval=1"))  # prepares data/poem/char from --input
+    without_input = [c for c in corpus if not c.startswith("--input")]
+    code, err = exit_code([*without_input, *TINY, "--tokenizer=bpe", f"--out_dir={tmp_path / 'o'}"], capsys)
+    assert code == 2 and err.startswith("error: unknown dataset 'poem'")
+    assert err.endswith(f"prepared under {tmp_path / 'data' / 'poem'}: char (--tokenizer=char)")
 
 
 # ---------------------------------------------------------------------------- training
@@ -368,6 +426,75 @@ def test_attention_png_is_the_evals_picture_and_can_be_turned_off(tmp_path: Path
     assert img.format == "PNG" and len(img.convert("RGB").getcolors(1 << 20)) > 50  # 2 layers x 2 heads of heatmaps
     run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2", "--attention_png=false", out="off"))
     assert (tmp_path / "off" / "loss.png").is_file() and not (tmp_path / "off" / "attention.png").exists()
+
+
+def wandb_config(path: Path) -> dict:
+    """The config an offline run recorded (run record and config updates), keys to JSON-decoded values."""
+    config: dict = {}
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        items = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+        for item in items:
+            config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config
+
+
+def test_wandb_receives_the_resolved_config(tmp_path: Path, corpus, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2", "--wandb_log", "--wandb_mode=offline"))
+    (path,) = (tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb")
+    config = wandb_config(path)
+    resolved = config["resolved"]
+    resolved = resolved.get("value", resolved)  # wandb wraps each top-level value as {"value": ...}
+    written = json.loads((tmp_path / "out" / "config.json").read_text(encoding="utf-8"))["resolved"]
+    assert resolved == written
+    vocab = len(set(POEM))
+    assert resolved["vocab_size"] == vocab and resolved["device"] == "cpu" and resolved["dtype"] == "float32"
+    assert resolved["tokens_per_iter"] == 8 * 16
+    from model import load_model
+
+    assert resolved["n_params"] == load_model(tmp_path / "out")[0].num_params()
+    assert set(resolved["matmul_gflops"]) == {"train", "muon"} and resolved["cpu"]
+    assert config["batch_size"] in (8, {"value": 8})  # the options are there too
+
+
+def test_cpu_choices_are_recorded_and_a_resume_keeps_them(tmp_path: Path, corpus, monkeypatch) -> None:
+    import training.trainer as trainer
+    from model.checkpoint import save_train_state
+
+    made = []
+    real_probe = trainer.probe_cpu
+    monkeypatch.setattr(trainer, "probe_cpu", lambda: made.append(1) or real_probe())
+    common = ["--eval_interval=2", "--optimizer=muon", "--dtype=auto"]
+    run(args(tmp_path, corpus, "--max_iters=2", *common))
+    out = tmp_path / "out"
+    first = json.loads((out / "config.json").read_text(encoding="utf-8"))["resolved"]
+    assert made == [1] and first["muon_dtype"] in ("float32", "bfloat16") and first["dtype"] in ("float32", "bfloat16")
+    state = load_train_state(out)
+    assert state["resolved"] == first
+    # a resume takes its choices from the checkpoint and measures nothing: make them the other way round
+    flipped = {"float32": "bfloat16", "bfloat16": "float32"}[first["muon_dtype"]]
+    state["resolved"]["muon_dtype"] = flipped
+    save_train_state(out, state)
+    seen = []
+    real_step = trainer.Muon.step
+    monkeypatch.setattr(trainer.Muon, "step", lambda self, *a: seen.append(self.param_groups[0]["ortho_dtype"])
+                        or real_step(self, *a))
+    run([f"--out_dir={out}", "--init_from=resume", "--max_iters=4"])
+    assert made == [1] and seen == [flipped, flipped]
+    resumed = json.loads((out / "config.json").read_text(encoding="utf-8"))["resolved"]
+    assert resumed == {**first, "muon_dtype": flipped}  # the CPU facts carried over, not re-measured
+
+
+@pytest.mark.parametrize("threads, policy", [(0, {"policy": "governor", "max": 2}),
+                                             (2, {"policy": "fixed", "threads": 2, "why": "--threads"}),
+                                             (1, {"policy": "fixed", "threads": 1, "why": "--threads"})])
+def test_thread_policy_is_recorded_and_the_count_put_back(tmp_path: Path, corpus, threads: int, policy) -> None:
+    torch.set_num_threads(2)  # the conftest fixture puts 1 back afterwards
+    run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2", f"--threads={threads}"))
+    assert json.loads((tmp_path / "out" / "config.json").read_text(encoding="utf-8"))["resolved"]["threads"] == policy
+    assert torch.get_num_threads() == 2
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, corpus) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.dashboard import (GPU_PEAK_FLOPS, MetricsLog, Progress, device_peak_flops, mfu, plot_losses,
-                                read_metrics, wandb_has_credentials)
+from training.dashboard import (GPU_PEAK_FLOPS, MetricsLog, Progress, device_peak_flops, format_eta, mfu,
+                                plot_losses, read_metrics, wandb_has_credentials)
 
 
 def test_metrics_log_appends_one_json_line_per_event(tmp_path: Path) -> None:
@@ -113,21 +113,42 @@ def test_mfu_is_per_device() -> None:
     assert mfu(1e12, 8, None) is None
 
 
-def test_progress_prints_plain_lines_when_stdout_is_not_a_tty(capsys: pytest.CaptureFixture) -> None:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_prints_plain_lines_with_iter_of_max_and_an_eta(capsys: pytest.CaptureFixture) -> None:
     assert not sys.stdout.isatty()
-    progress = Progress(0, 100, enabled=True)
+    clock = Clock()
+    progress = Progress(0, 100, enabled=True, clock=clock)
     assert progress.bar is None
     progress.step()  # counts silently without a bar
+    clock.now += 10.0  # 5 iterations in 10 s: 2 s/iter, 95 left
     progress.log(5, 1.23456, 1e-3, 12345.6, 0.5, 12.34, 0.45)
+    clock.now += 4.0  # 1 iteration in 4 s: smoothed to 0.7 * 2 + 0.3 * 4 = 2.6 s/iter, 94 left
     progress.log(6, 1.0, 2e-3, 1000.0, 0.25, 5.0, None)
     progress.log(7, 1.0, 2e-3, None, 0.25, None, None)  # only the warm-up step in the interval
     progress.message("eval @ iter 6: val loss 1.1")
     progress.close()
     assert capsys.readouterr().out.splitlines() == [
-        "iter 5: loss 1.2346, lr 1.00e-03, grad norm 0.500, 12.3 ms/iter, 12,346 tok/s, mfu 45.0%",
-        "iter 6: loss 1.0000, lr 2.00e-03, grad norm 0.250, 5.0 ms/iter, 1,000 tok/s",
-        "iter 7: loss 1.0000, lr 2.00e-03, grad norm 0.250",
+        "iter 5/100: loss 1.2346, lr 1.00e-03, grad norm 0.500, 12.3 ms/iter, 12,346 tok/s, mfu 45.0%, ETA 03:10",
+        "iter 6/100: loss 1.0000, lr 2.00e-03, grad norm 0.250, 5.0 ms/iter, 1,000 tok/s, ETA 04:04",
+        "iter 7/100: loss 1.0000, lr 2.00e-03, grad norm 0.250, ETA 02:49",  # no new time: 0.7 * 2.6 s x 93 left
         "eval @ iter 6: val loss 1.1"]
+
+
+def test_eta_format_and_a_resumed_start() -> None:
+    assert format_eta(0) == "00:00" and format_eta(59.6) == "01:00" and format_eta(3599) == "59:59"
+    assert format_eta(3600) == "1:00:00" and format_eta(26 * 3600 + 61) == "26:01:01"
+    clock = Clock()
+    progress = Progress(1000, 2000, enabled=False, clock=clock)
+    assert progress.eta(1000) == "?"  # nothing measured yet
+    clock.now += 50.0
+    assert progress.eta(1100) == "07:30"  # 0.5 s/iter over the 100 iterations since the resume, 900 left
 
 
 def test_progress_disabled_prints_nothing(capsys: pytest.CaptureFixture) -> None:
@@ -148,7 +169,7 @@ def test_progress_on_a_terminal_draws_a_bar_not_lines(capsys: pytest.CaptureFixt
     progress.log(11, 1.5, 1e-3, 100.0, 0.5, 1.0, None)
     assert progress.bar.n == 11 and "loss=1.5000" in str(progress.bar.postfix)
     progress.close()
-    assert "iter 11:" not in capsys.readouterr().out
+    assert "iter 11/20:" not in capsys.readouterr().out
 
 
 def test_wandb_credentials_from_the_environment_or_netrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from model import GPT, GPTConfig
 from training.config import TrainConfig
+from training.muon import Muon
 from training.optim import configure_optimizers, lr_multiplier, set_lr
 
 BASE = TrainConfig(max_iters=100, warmup_iters=10, learning_rate=1.0, min_lr=0.1)
@@ -106,8 +107,9 @@ def test_adamw_decays_matrices_and_embeddings_but_not_biases_or_norms(preset: st
 def test_muon_takes_exactly_the_blocks_matrices(preset: str) -> None:
     model = tiny(preset)
     cfg = TrainConfig(optimizer="muon", muon_lr=0.03, muon_momentum=0.9, weight_decay=0.1)
-    adamw, muon = configure_optimizers(model, cfg, "cpu")
-    assert isinstance(muon, torch.optim.Muon)
+    adamw, muon = configure_optimizers(model, cfg, "cpu", muon_dtype="bfloat16")
+    assert isinstance(muon, Muon) and muon.param_groups[0]["ortho_dtype"] == "bfloat16"
+    assert configure_optimizers(model, cfg, "cpu")[1].param_groups[0]["ortho_dtype"] == "float32"  # the safe default
     named = dict(model.named_parameters())
     hidden = {n for n, p in named.items() if n.startswith("transformer.h.") and p.dim() == 2}
     assert hidden and all(n.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) for n in hidden)

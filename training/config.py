@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from data.options import DataOptions
 from runtime.device import DEVICE_NAMES, DTYPES, check_device_name
 from runtime.errors import ConfigError, DeviceError, UsageError
 from runtime.options import check_seed, opt
@@ -26,7 +27,7 @@ ARCH_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size") + ARCH_SWIT
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(DataOptions):
     """Every option of a training run. The defaults are the ~5-minute CPU run (`python train.py`)."""
 
     # I/O
@@ -47,14 +48,7 @@ class TrainConfig:
     attention_png: bool = opt(True, "at each eval, draw every layer's and head's attention over the first tokens of "
                                     "the val split to out_dir/attention.png (and wandb): watch heads specialise "
                                     "(not with --fsdp)")
-    # data
-    dataset: str = opt("shakespeare", "corpus: shakespeare, tinyshakespeare, a hub id (owner/name), or a name for --input")
-    input: str | None = opt(None, "local text for the corpus: a file, folder or glob (see data/prepare.py)")
-    tokenizer: str = opt("char", "char | bpe (trained on the corpus) | gpt2", choices=("char", "bpe", "gpt2"))
-    vocab_size: int = opt(4096, "bpe only: vocabulary size to train")
-    data_dir: str = opt("data", "prepared token files go to <data_dir>/<dataset>/<tokenizer>")
-    hf_config: str | None = opt(None, "hub datasets: the configuration, e.g. sample-10BT for HuggingFaceFW/fineweb-edu")
-    max_tokens: int | None = opt(None, "prepare at most this many tokens (train + val); none = the whole corpus")
+    # data (the corpus options are DataOptions', shared with data/prepare.py: listed first in --help)
     data_mode: str = opt("random", "random windows (nanoGPT) or sequential (each window once per epoch)",
                          choices=("random", "sequential"))
     # model
@@ -98,16 +92,18 @@ class TrainConfig:
     cooldown_frac: float = opt(0.3, "wsd only: share of lr_decay_iters spent decaying to min_lr")
     # system
     device: str = opt("auto", f"where to train: {DEVICE_NAMES} (auto = cuda, else mps, else cpu)")
-    dtype: str = opt("auto", "auto (cuda: bfloat16, else float16; cpu: bfloat16 autocast if a 1-second probe "
-                             "measures it faster for this model and batch, else float32), float32, bfloat16, float16",
+    dtype: str = opt("auto", "auto (cuda: bfloat16, else float16; mps: float32; cpu: float32 unless a start-up probe "
+                             "measures bf16 matmuls faster on this CPU and then bf16 autocast faster for this model "
+                             "and batch), float32, bfloat16, float16. Muon's dtype follows the same probe",
                      choices=DTYPES)
     fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state across processes "
                             "(PyTorch FSDP2) instead of a whole copy per process (DDP): for models whose AdamW state "
                             "outgrows one GPU. Needs --optimizer=adamw")
     compile: str = opt("auto", "torch.compile the model: auto (on for CUDA, off for CPU), true, false")
     seed: int = opt(1337, "seed for init, dropout and data order (0 to 2**63-1)")
-    threads: int = opt(0, "CPU threads for torch ops; 0 = torch's default (one per core). On a busy machine, "
-                          "1 is often several times faster for small models (threads spin-wait on each other)")
+    threads: int = opt(0, "CPU threads for torch ops; 0 = auto: start with torch's default (one per core, or "
+                          "$OMP_NUM_THREADS) and let a governor time the steps and move to fewer threads while "
+                          "other processes load the machine (and back); N = exactly N, fixed")
     peak_flops: float | None = opt(None, "one device's peak FLOP/s for MFU (each process's FLOP/s / this); "
                                             "none = GPU table (no MFU on CPU)")
     target_loss: float | None = opt(None, "stop as soon as an eval's val loss is at or below this")
@@ -120,6 +116,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Refuse values that make no sense, one line each, before anything is read or written."""
+        super().__post_init__()
         c = str(self.compile).strip().lower()
         self.compile = {"1": "true", "yes": "true", "on": "true", "0": "false", "no": "false", "off": "false"}.get(c, c)
         if self.compile not in ("auto", "true", "false"):
@@ -178,12 +175,13 @@ class TrainConfig:
             raise UsageError(f"--cooldown_frac must be in (0, 1], got {self.cooldown_frac}")
 
     def prepare_options(self) -> "PrepareOptions":
-        """The data/prepare.py options this run's corpus is prepared with (UsageError for bad ones)."""
+        """The data/prepare.py options this run's corpus is prepared with: the shared DataOptions fields
+        (UsageError for bad ones, by PrepareOptions' own rules)."""
+        from dataclasses import fields
+
         from data.prepare import PrepareOptions
 
-        return PrepareOptions(dataset=self.dataset, input=self.input, tokenizer=self.tokenizer,
-                              vocab_size=self.vocab_size, data_dir=self.data_dir, hf_config=self.hf_config,
-                              max_tokens=self.max_tokens)
+        return PrepareOptions(**{f.name: getattr(self, f.name) for f in fields(DataOptions)})
 
 
 def scratch_config(cfg: TrainConfig, vocab_size: int) -> "GPTConfig":
@@ -200,3 +198,13 @@ def scratch_config(cfg: TrainConfig, vocab_size: int) -> "GPTConfig":
                                 **switches)
     except ConfigError as e:
         raise UsageError(f"--{e}") from None
+
+
+def config_warnings(cfg: TrainConfig) -> list[str]:
+    """Options that are valid but probably not what was meant (train.py prints them on stderr)."""
+    warnings = []
+    if cfg.decay_lr and cfg.max_iters > 0 and cfg.warmup_iters >= cfg.max_iters:
+        peak = cfg.max_iters / (cfg.warmup_iters + 1)
+        warnings.append(f"--warmup_iters={cfg.warmup_iters} >= --max_iters={cfg.max_iters}: the whole run is warmup "
+                        f"and the learning rate only reaches {peak:.0%} of its peak; lower --warmup_iters")
+    return warnings

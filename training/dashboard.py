@@ -12,6 +12,7 @@ import netrc
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,12 +200,28 @@ class WandbLogger:
         self.run.finish()
 
 
-class Progress:
-    """A tqdm bar (loss, lr, tok/s, ETA) on a terminal; plain log lines when piped to a file."""
+def format_eta(seconds: float) -> str:
+    """mm:ss, or h:mm:ss from an hour on."""
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m:02d}:{sec:02d}"
 
-    def __init__(self, start: int, total: int, enabled: bool) -> None:
+
+class Progress:
+    """A tqdm bar (loss, lr, tok/s, ETA) on a terminal; plain lines with ``iter N/MAX`` and an ETA when
+    piped to a file. The ETA comes from the wall time per iteration between log lines (evals
+    included: they are part of what is left), smoothed so one slow interval does not swing it."""
+
+    SMOOTHING = 0.3  # weight of the newest interval in the running seconds-per-iteration
+
+    def __init__(self, start: int, total: int, enabled: bool, clock: Any = None) -> None:
         self.bar = None
+        self.total = total
         self.enabled = enabled  # off on ranks other than 0, and for in-process callers that want quiet
+        self.clock = clock or time.monotonic
+        self.mark = (start, self.clock())
+        self.sec_per_iter: float | None = None
         if enabled and sys.stdout.isatty():
             from tqdm import tqdm
 
@@ -213,6 +230,17 @@ class Progress:
     def step(self) -> None:
         if self.bar is not None:
             self.bar.update(1)
+
+    def eta(self, it: int) -> str:
+        """Time left after iteration ``it`` at the smoothed rate; '?' before the first interval."""
+        now = self.clock()
+        last_it, last_t = self.mark
+        if it > last_it:
+            rate = (now - last_t) / (it - last_it)
+            self.sec_per_iter = rate if self.sec_per_iter is None else \
+                (1 - self.SMOOTHING) * self.sec_per_iter + self.SMOOTHING * rate
+            self.mark = (it, now)
+        return "?" if self.sec_per_iter is None else format_eta((self.total - it) * self.sec_per_iter)
 
     def log(self, it: int, loss: float, lr: float, tok_s: float | None, grad_norm: float, ms: float | None,
             mfu: float | None) -> None:
@@ -225,7 +253,8 @@ class Progress:
             return
         speed = f", {ms:.1f} ms/iter, {tok_s:,.0f} tok/s" if tok_s is not None and ms is not None else ""
         extra = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
-        print(f"iter {it}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}{speed}{extra}", flush=True)
+        print(f"iter {it}/{self.total}: loss {loss:.4f}, lr {lr:.2e}, grad norm {grad_norm:.3f}{speed}{extra}, "
+              f"ETA {self.eta(it)}", flush=True)
 
     def message(self, text: str) -> None:
         if self.bar is not None:

@@ -12,12 +12,17 @@ import math
 import torch
 
 from training.config import TrainConfig
+from training.muon import Muon
 
-def configure_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> list[torch.optim.Optimizer]:
+
+def configure_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: str,
+                         muon_dtype: str = "float32") -> list[torch.optim.Optimizer]:
     """AdamW (decay on 2-D params, none on biases/norms), or Muon for the blocks' matrices + AdamW for the rest.
 
     Embeddings and the head are 2-D but are not hidden matrices: Muon's orthogonalised update
     is meant for linear maps between hidden states, so they stay with AdamW (as in modded-nanogpt).
+    ``muon_dtype`` is the dtype Muon orthogonalises in (the trainer's probe picks it: bf16 only
+    where bf16 matmuls are faster than fp32).
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     muon = [p for n, p in params if cfg.optimizer == "muon" and p.dim() == 2 and ".h." in f".{n}"]
@@ -33,7 +38,8 @@ def configure_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: 
     for g in optimizers[0].param_groups:
         g["base_lr"] = cfg.learning_rate
     if muon:
-        m = torch.optim.Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum)
+        m = Muon(muon, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                 ortho_dtype=muon_dtype)
         for g in m.param_groups:
             g["base_lr"] = cfg.muon_lr
         optimizers.append(m)

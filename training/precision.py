@@ -2,7 +2,10 @@
 
 bf16 autocast is several times faster than fp32 on CPUs with AVX-512 BF16 or AMX once the
 matmuls are big enough, a little slower at tiny sizes, and ~100x slower on CPUs without
-native bf16 (AVX2 only). So ``dtype=auto`` times both on a throwaway copy of the model.
+native bf16 (AVX2 only). The trainer asks this per-model probe only after runtime/cpu.py's
+matmul probe found bf16 faster at all (oneDNN's "bf16 supported" flag is True even where bf16
+is emulated, so it is a necessary condition here, never a sufficient one); ``dtype=auto``
+then times both on a throwaway copy of the model.
 """
 
 from __future__ import annotations

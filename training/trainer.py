@@ -25,10 +25,12 @@ from data.tokenizer import load_tokenizer
 from model import GPT, GPTConfig
 from model.checkpoint import (ATTENTION_FILE, BEST_DIR, STATE_FILE, from_pretrained, load_tensors, load_train_state,
                               model_config, save_model, save_train_state, writing)
-from runtime.device import autocast, dtype_name, resolve_device, resolve_dtype, use_cuda_device
+from runtime.cpu import CpuProbe, OtherLoad, ThreadGovernor, probe_cpu
+from runtime.device import (autocast, dtype_name, resolve_device, resolve_dtype, resolve_muon_dtype,
+                            use_cuda_device)
 from runtime.errors import CheckpointError, UsageError
 from training import dashboard
-from training.config import ARCH_FIELDS, TrainConfig, scratch_config
+from training.config import ARCH_FIELDS, TrainConfig, config_warnings, scratch_config
 from training.control import StopRequest, TrainingDiverged, check_divergence
 from training.distributed import (any_rank, ddp_kwargs, dist_from_env, full_model_state, full_optimizer_states,
                                   gather_objects, gradient_sync, init_process_group, load_optimizer_states,
@@ -36,6 +38,7 @@ from training.distributed import (any_rank, ddp_kwargs, dist_from_env, full_mode
                                   sharded_grad_scaler, teardown)
 from training.evaluate import estimate_loss, sample_text
 from training.memory import check_training_fits
+from training.muon import Muon
 from training.optim import configure_optimizers, lr_multiplier, set_lr
 from training.precision import cpu_bf16_pays
 from training.run_folder import check_out_dir, check_same_tokenizer, resume_command, start_writing
@@ -82,6 +85,9 @@ class Trainer:
         self.fsdp = cfg.fsdp and self.dist.ddp
         self.out_dir = Path(cfg.out_dir)
         self.console = self.dist.master and log_to_console
+        if self.console:
+            for warning in config_warnings(cfg):
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         state = self._load_state()
         if state is not None:
             self._check_fits(model_config({"model": state["model_config"]}, self.out_dir / STATE_FILE))
@@ -93,9 +99,10 @@ class Trainer:
         init_process_group(self.dist, self.device)
         self._build_model(state)
         self._choose_precision(state)
+        self.governor = self._thread_governor()
         if self.fsdp:  # before the optimizers, which must hold the sharded parameters
             shard_model(self.model, self.ptdtype)
-        self.optimizers = configure_optimizers(self.model, cfg, self.device_type)
+        self.optimizers = configure_optimizers(self.model, cfg, self.device_type, self.muon_dtype)
         # fp16 gradients underflow on any device: a GradScaler whenever the compute dtype is fp16
         # (under FSDP the sharded one, which agrees across ranks on whether to skip a step)
         scaler_class = sharded_grad_scaler() if self.fsdp else torch.amp.GradScaler
@@ -183,17 +190,54 @@ class Trainer:
         self.model.to(self.device)
 
     def _choose_precision(self, state: dict[str, Any] | None) -> None:
-        """The dtype rule (runtime/device.py); a resumed CPU run keeps its precision, for exactness."""
-        cfg = self.cfg
+        """The dtype rules (runtime/device.py), fed on CPU by the start-up probe (runtime/cpu.py).
 
-        def bf16_pays() -> bool:
-            if state is not None and state.get("dtype"):
-                return state["dtype"] == "bfloat16"
-            # measured on every rank; bf16 only if all ranks found it faster
-            return not any_rank(self.dist, not cpu_bf16_pays(self.model, cfg.batch_size, cfg.block_size))[0]
+        A resumed run keeps its choices, for exactness; every rank must choose alike (DDP keeps
+        one set of weights), so bf16 is used only if all ranks measured it faster.
+        """
+        cfg = self.cfg
+        kept = dict((state or {}).get("resolved") or {})
+        if state is not None:
+            kept.setdefault("dtype", state.get("dtype"))
+            kept.setdefault("muon_dtype", "bfloat16")  # a state from torch.optim.Muon, which always used bf16
+            kept = {k: v for k, v in kept.items() if v is not None}
+        resumed = {"dtype", "muon_dtype"} <= kept.keys()
+        self.cpu_probe: CpuProbe | None = probe_cpu() if self.device_type == "cpu" and not resumed else None
+
+        def everywhere(flag: bool) -> bool:
+            return not any_rank(self.dist, not flag)[0]
+
+        def bf16_pays() -> bool:  # bf16 autocast: only where bf16 matmuls are faster, then if this model gains
+            if "dtype" in kept:
+                return kept["dtype"] == "bfloat16"
+            return everywhere(self.cpu_probe.bf16_matmul_faster
+                              and cpu_bf16_pays(self.model, cfg.batch_size, cfg.block_size))
+
+        def bf16_ortho() -> bool:
+            if "muon_dtype" in kept:
+                return kept["muon_dtype"] == "bfloat16"
+            return everywhere(self.cpu_probe.bf16_ortho_faster)
 
         self.ptdtype = resolve_dtype(cfg.dtype, self.device, cpu_bf16_pays=bf16_pays)
+        self.muon_dtype = resolve_muon_dtype(self.device, cpu_bf16_faster=bf16_ortho)
         self.autocast = autocast(self.device, self.ptdtype)
+        self.cpu_facts = self.cpu_probe.as_dict() if self.cpu_probe else \
+            {k: v for k, v in kept.items() if k in ("cpu", "cpu_flags", "matmul_gflops", "probe_seconds")}
+
+    def _thread_governor(self) -> ThreadGovernor | None:
+        """--threads=0 on a single-process eager CPU run: a governor adapts the count to the load.
+
+        Not under DDP (ranks must stay in step) nor torch.compile (its kernels fix the count).
+        """
+        cfg = self.cfg
+        why = ("--threads" if cfg.threads > 0 else "not a CPU run" if self.device_type != "cpu" else
+               "distributed" if self.dist.ddp else "compiled" if self.use_compile else None)
+        if why is None and torch.get_num_threads() > 1:
+            self.threads_policy = {"policy": "governor", "max": torch.get_num_threads()}
+            return ThreadGovernor(torch.get_num_threads(), load=OtherLoad().cores)
+        self.threads_policy = {"policy": "fixed", "threads": torch.get_num_threads(),
+                               "why": why or "one thread available"}
+        return None
 
     def _build_loaders(self) -> None:
         """The training stream (resumable), and fresh fixed-seed loaders for each eval."""
@@ -237,7 +281,9 @@ class Trainer:
                                   "or start a fresh run") from None
         for o in self.optimizers:  # the schedule sets lr from base_lr; a resumed run may change the peak
             for g in o.param_groups:
-                g["base_lr"] = self.cfg.muon_lr if isinstance(o, torch.optim.Muon) else self.cfg.learning_rate
+                g["base_lr"] = self.cfg.muon_lr if isinstance(o, Muon) else self.cfg.learning_rate
+                if isinstance(o, Muon):
+                    g["ortho_dtype"] = self.muon_dtype  # the run's recorded choice
 
     def _wrap_model(self) -> None:
         """torch.compile and DDP wrap ``self.model``; ``self.raw_model`` is what gets saved and evaluated."""
@@ -262,6 +308,17 @@ class Trainer:
             self.say("--fsdp: one process has nothing to shard with (start it with torchrun); training unsharded")
         self.say(f"global batch: {cfg.batch_size} x {cfg.gradient_accumulation_steps} accum x {dist.world_size} "
                  f"processes x {cfg.block_size} tokens = {self.tokens_per_iter:,} tokens/iter")
+        if self.device_type == "cpu":
+            self.say(self._cpu_line())
+
+    def _cpu_line(self) -> str:
+        """'cpu: <model> (<flags>); bf16 matmul X GFLOP/s vs fp32 Y: compute float32, muon float32; threads ...'"""
+        probe = self.cpu_probe.summary() if self.cpu_probe else \
+            f"{self.cpu_facts.get('cpu', 'this CPU')}; choices kept from the resumed run"
+        muon = f", muon {self.muon_dtype}" if any(isinstance(o, Muon) for o in self.optimizers) else ""
+        t = self.threads_policy
+        threads = f"auto (governor, up to {t['max']})" if t["policy"] == "governor" else f"{t['threads']} ({t['why']})"
+        return f"cpu: {probe}: compute {dtype_name(self.ptdtype)}{muon}; threads {threads}"
 
     def _open_run_folder(self) -> None:
         """The resolved config and a self-contained tokenizer; metrics and wandb (rank 0 writes everything).
@@ -270,6 +327,11 @@ class Trainer:
         run removed, metrics.jsonl cut back to the resumed iteration, the tokenizer (if it changed).
         """
         cfg, meta = self.cfg, self.meta
+        self.resolved = {"device": self.device, "dtype": dtype_name(self.ptdtype), "muon_dtype": self.muon_dtype,
+                         "compile": self.use_compile, "world_size": self.dist.world_size, "fsdp": self.fsdp,
+                         "tokens_per_iter": self.tokens_per_iter, "vocab_size": self.meta["vocab_size"],
+                         "model_vocab_size": self.raw_model.config.vocab_size,
+                         "n_params": self.raw_model.num_params(), "threads": self.threads_policy, **self.cpu_facts}
         self.extra: dict[str, Any] = {}
         if not self.dist.master or cfg.eval_only:
             return
@@ -284,13 +346,10 @@ class Trainer:
         self.extra = {"train": dataclasses.asdict(cfg), "tokenizer": spec,
                       "data": {k: meta.get(k) for k in ("dataset", "source", "split", "vocab_size", "train_tokens",
                                                         "val_tokens")},
-                      "resolved": {"device": self.device, "dtype": dtype_name(self.ptdtype),
-                                   "compile": self.use_compile, "world_size": self.dist.world_size,
-                                   "fsdp": self.fsdp,
-                                   "tokens_per_iter": self.tokens_per_iter}}
-        if cfg.wandb_log and cfg.wandb_mode != "disabled":
+                      "resolved": self.resolved}
+        if cfg.wandb_log and cfg.wandb_mode != "disabled":  # the values the run uses, not only the options given
             self.wb = dashboard.WandbLogger(cfg.wandb_project, cfg.wandb_run_name, cfg.wandb_mode, self.out_dir,
-                                            dataclasses.asdict(cfg), self.wandb_id)
+                                            {**dataclasses.asdict(cfg), "resolved": self.resolved}, self.wandb_id)
             self.wandb_id = self.wb.run_id
 
     # ------------------------------------------------------------------ step
@@ -298,6 +357,7 @@ class Trainer:
     def step(self) -> None:
         """One optimizer step: gradients accumulated over micro-batches, clipped, applied. No host sync."""
         cfg, model = self.cfg, self.model
+        t0 = time.perf_counter()
         set_lr(self.optimizers, lr_multiplier(self.iter_num, cfg))
         step_loss = torch.zeros((), device=self.device)
         for micro in range(cfg.gradient_accumulation_steps):
@@ -325,6 +385,8 @@ class Trainer:
         self.tokens_seen += self.tokens_per_iter
         self.last_loss = step_loss
         self.progress.step()
+        if self.governor is not None:  # CPU: the step really ended here (no asynchronous queue)
+            self.governor.step_done(time.perf_counter() - t0)
         if self.iter_num == self.first_iter + 1:  # the first step compiles and warms up: not throughput
             step_loss.item()  # wait for it (once)
             self.t_log, self.it_log = time.time(), self.iter_num
@@ -461,7 +523,7 @@ class Trainer:
                        {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": self.best_val}, tensors)
             save_train_state(self.out_dir, train_state(
                 self.raw_model, tensors, optimizer_states, self.scaler, rng_ranks, iter=it,
-                best_val_loss=self.best_val, dtype=dtype_name(self.ptdtype), loader=self.train_loader.state_dict(),
+                best_val_loss=self.best_val, dtype=dtype_name(self.ptdtype), resolved=self.resolved, loader=self.train_loader.state_dict(),
                 wandb_id=self.wandb_id, tokens=self.tokens_seen, sharded=self.fsdp,
                 train_config=dataclasses.asdict(cfg), tokenizer=self.extra["tokenizer"]))
 
