@@ -85,9 +85,6 @@ class Trainer:
         self.fsdp = cfg.fsdp and self.dist.ddp
         self.out_dir = Path(cfg.out_dir)
         self.console = self.dist.master and log_to_console
-        if self.console:
-            for warning in config_warnings(cfg):
-                print(f"warning: {warning}", file=sys.stderr, flush=True)
         state = self._load_state()
         if state is not None:
             self._check_fits(model_config({"model": state["model_config"]}, self.out_dir / STATE_FILE))
@@ -135,6 +132,9 @@ class Trainer:
         self.results: dict[str, Any] = {"out_dir": str(self.out_dir), "val_loss": None, "train_loss": None,
                                         "tokens_per_sec": None}
         self.model.train()
+        if self.console:  # once every check has passed: an error stays one line
+            for warning in config_warnings(cfg):
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     def say(self, text: str) -> None:
         if self.console:
