@@ -49,7 +49,7 @@ PLOT_FILE = "loss.png"
 ATTENTION_FILE = "attention.png"  # the attention grid of a fixed prompt, redrawn at each eval
 STATE_FORMAT = 1
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
-RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE, PLOT_FILE)  # what makes a folder a run's
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE, PLOT_FILE, ATTENTION_FILE)  # a run's own files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.tiktoken")  # the names data/tokenizer.py saves under
 
 

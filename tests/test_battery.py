@@ -39,7 +39,8 @@ POEM = ("Shall I compare thee to a summer's day?\nThou art more lovely and more 
         "Rough winds do shake the darling buds of May,\nAnd summer's lease hath all too short a date;\n") * 20
 OTHER = "0123456789 zyxwvutsrqponmlk JIHGFEDCBA !?#%&*+=<>\n" * 40  # another vocabulary
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=8", "--eval_iters=2",
-        "--sample_tokens=0", "--device=cpu", "--dtype=float32", "--log_interval=1", "--threads=1"]
+        "--sample_tokens=0", "--device=cpu", "--dtype=float32", "--log_interval=1", "--threads=1",
+        "--warmup_iters=2"]
 PROGRAMS = {"train": train.main, "sample": sample.main, "prepare": prepare.main}
 
 

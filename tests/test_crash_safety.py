@@ -60,7 +60,7 @@ def test_python_train_py_killed_then_resumed_with_the_documented_command(tmp_pat
     try:
         deadline = time.time() + 120
         for line in proc.stdout:  # past the first checkpoint (iteration 4), mid-way to the next one
-            if line.startswith("iter 7:"):
+            if line.startswith("iter 7/"):
                 break
             assert time.time() < deadline, "no progress"
         proc.send_signal(signal.SIGKILL)

@@ -9,7 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.sampling import apply_repetition_penalty, check_sampling_args, sample_next, sampled_distribution
+from model.sampling import (apply_repetition_penalty, check_sampling_args, filtered_probs, sample_next,
+                            sampled_distribution)
 from runtime.errors import ConfigError
 
 

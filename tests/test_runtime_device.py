@@ -134,7 +134,7 @@ def test_a_fixed_gpu_under_torchrun_is_refused(fake_cuda) -> None:
                             "(each process takes its LOCAL_RANK's GPU), and CUDA_VISIBLE_DEVICES to pick GPUs")
 
 
-@pytest.mark.parametrize("name, rank", [("cuda:4", 0), ("cuda", 4), ("cuda:x", 0)])
+@pytest.mark.parametrize("name, rank", [("cuda:4", 0), ("cuda", 4)])  # cuda:x: refused as a name, above
 def test_a_gpu_this_machine_lacks_is_refused(fake_cuda, name: str, rank: int) -> None:
     with pytest.raises(DeviceError, match=f"--device={name}: this machine has 4 CUDA GPU"):
         resolve_device(name, local_rank=rank)

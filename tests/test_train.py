@@ -153,7 +153,7 @@ def test_warmup_as_long_as_the_run_warns_once(tmp_path: Path, corpus, capsys) ->
 
 def test_every_data_option_of_prepare_is_a_training_option_and_reaches_it(tmp_path: Path, corpus,
                                                                            monkeypatch) -> None:
-    import training.trainer as trainer
+    import training.distributed as distributed
     from data.options import DataOptions
     from data.prepare import PrepareOptions
 
@@ -162,13 +162,13 @@ def test_every_data_option_of_prepare_is_a_training_option_and_reaches_it(tmp_pa
         mine = train_fields[f.name]
         assert (mine.default, mine.type, mine.metadata["help"]) == (f.default, f.type, f.metadata["help"]), f.name
     seen = []
-    real = trainer.ensure_prepared
+    real = distributed.ensure_prepared
 
     def spy(opts: PrepareOptions):
         seen.append(opts)
         return real(opts)
 
-    monkeypatch.setattr(trainer, "ensure_prepared", spy)
+    monkeypatch.setattr(distributed, "ensure_prepared", spy)
     given = {"val_fraction": 0.25, "num_proc": 1, "text_column": "body", "hf_split": "validation",
              "cache_dir": str(tmp_path / "cache"), "bpe_max_chars": 12345, "gpt2_ranks": str(tmp_path / "r")}
     run(args(tmp_path, corpus, "--max_iters=1", "--eval_interval=1", *(f"--{k}={v}" for k, v in given.items())))
@@ -722,7 +722,7 @@ def test_a_signal_during_evaluation_saves_once_and_stops(tmp_path: Path, corpus)
     try:
         deadline = time.time() + 120
         for line in proc.stdout:
-            if line.startswith("iter 5:"):  # the eval of iteration 5 starts now and takes seconds
+            if line.startswith("iter 5/"):  # the eval of iteration 5 starts now and takes seconds
                 break
             assert time.time() < deadline
         time.sleep(0.5)
@@ -731,6 +731,6 @@ def test_a_signal_during_evaluation_saves_once_and_stops(tmp_path: Path, corpus)
     finally:
         proc.kill()
     assert proc.returncode == 0, output
-    assert "eval @ iter 5" in output and "iter 6:" not in output  # the eval finished; no step after it
+    assert "eval @ iter 5" in output and "iter 6/" not in output  # the eval finished; no step after it
     assert "stopped at iteration 5 (SIGTERM); the checkpoint" in output and "is up to date" in output
     assert load_train_state(out)["iter"] == 5
