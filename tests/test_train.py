@@ -204,12 +204,14 @@ def test_short_run_memorises_the_text_and_writes_the_run_folder(tmp_path: Path, 
     # metrics.jsonl schema
     with open(out / "metrics.jsonl", encoding="utf-8") as f:
         all_events = [json.loads(line) for line in f]
-    log_keys = {"event", "iter", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "flops_per_sec", "tokens", "time"}
+    log_keys = {"event", "iter", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "flops_per_sec", "tokens", "time",
+                "threads"}
     for e in all_events:
         if e["event"] == "log":
             assert set(e) == log_keys
             assert e["mfu"] is None  # CPU without --peak_flops: no MFU, but FLOP/s
             assert e["flops_per_sec"] > 0 and e["tokens"] == e["iter"] * 8 * 16
+            assert e["threads"] == 1  # torch's count at that step (the conftest fixture pins 1)
         elif e["event"] == "eval":
             assert set(e) == {"event", "iter", "train_loss", "val_loss", "time"}
     assert [e["iter"] for e in all_events if e["event"] == "eval"] == [0, 50, 100, 150]
