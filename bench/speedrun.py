@@ -49,9 +49,12 @@ LEVERS: list[tuple[str, dict, bool]] = [
     ("+ Muon for hidden matrices (lr 0.02), AdamW lr 3e-3 elsewhere, no weight decay",
      dict(optimizer="muon", muon_lr=0.02, learning_rate=3e-3, weight_decay=0.0, min_lr=3e-4), True),
     ("+ batch 32, 200 iterations (warmup 20, cosine to 3e-4); evals at start and end only",
-     dict(batch_size=32, max_iters=200, lr_decay_iters=200, warmup_iters=20), True),
+     dict(batch_size=32, max_iters=200, lr_decay_iters=200, warmup_iters=20, eval_interval=200), True),
+    ("+ AdamW lr 3e-2 (cosine to 3e-3) for embeddings and head; 150 iterations",
+     dict(learning_rate=3e-2, min_lr=3e-3, max_iters=150, lr_decay_iters=150, eval_interval=150), True),
     ("warmup-stable-decay (cooldown 50%) instead of cosine (dropped)", dict(lr_schedule="wsd", cooldown_frac=0.5),
      False),
+    ("Muon lr 0.04 (dropped)", dict(muon_lr=0.04), False),
     ("Muon with weight decay 0.1 (dropped)", dict(weight_decay=0.1), False),
 ]
 

@@ -39,7 +39,8 @@ class CpuInfo:
     def shown_flags(self) -> str:
         """The flags that matter, each said present or absent: 'avx2 avx512f, no avx512_bf16/amx'."""
         have = [f for f in FLAGS if f in self.flags]
-        missing = [f for f in ("avx512_bf16", "amx") if not any(g.startswith(f) for g in self.flags)]
+        x86 = any(f.startswith("avx") for f in self.flags)
+        missing = [f for f in ("avx512_bf16", "amx") if x86 and not any(g.startswith(f) for g in self.flags)]
         return " ".join(have) + (", no " + "/".join(missing) if missing else "") if have else "no avx2/avx512/amx"
 
 
@@ -88,12 +89,14 @@ def matmul_speed(m: int, k: int, n: int, rounds: int = 3, budget: float = 0.08) 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _best_of(torch, m, k, n, rounds, budget)
+        return _best_of(m, k, n, rounds, budget)
     finally:
         torch.set_num_threads(threads)
 
 
-def _best_of(torch, m: int, k: int, n: int, rounds: int, budget: float) -> MatmulSpeed:  # noqa: ANN001
+def _best_of(m: int, k: int, n: int, rounds: int, budget: float) -> MatmulSpeed:
+    import torch
+
     g = torch.Generator().manual_seed(0)
     pairs = {}
     for dtype in (torch.float32, torch.bfloat16):

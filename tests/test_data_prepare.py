@@ -263,6 +263,23 @@ def test_unknown_dataset_and_tokenizer_list_known(tmp_path):
         opts(tmp_path, tokenizer="wordpiece")
 
 
+def test_unknown_dataset_lists_what_is_already_prepared(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("some notes to train on\n" * 50, encoding="utf-8")
+    prepare(opts(tmp_path, dataset="notes", input=str(text), num_proc=1))
+    prepare(opts(tmp_path, dataset="notes", input=str(text), tokenizer="bpe", vocab_size=260, num_proc=1))
+    home = tmp_path / "prepared" / "notes"
+    # prepared from --input once, asked for again without it and with another tokenizer: say what is there
+    with pytest.raises(DataError) as e:
+        prepare(opts(tmp_path, dataset="notes", tokenizer="gpt2"))
+    assert str(e.value).endswith(f"; prepared under {home}: bpe260 (--tokenizer=bpe --vocab_size=260), "
+                                 "char (--tokenizer=char)")
+    with pytest.raises(DataError) as e:  # nothing under that name: the datasets that are prepared
+        prepare(opts(tmp_path, dataset="other"))
+    assert str(e.value).endswith(f"; prepared in {tmp_path / 'prepared'}: notes")
+    assert prepare(opts(tmp_path, dataset="notes")) == home / "char"  # the char folder is reused without --input
+
+
 def test_cli_error_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "data/prepare.py", "--dataset=nope", f"--data_dir={tmp_path}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)

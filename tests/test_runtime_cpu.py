@@ -40,6 +40,7 @@ def test_cpu_info_reads_model_and_flags(tmp_path) -> None:
     assert cpu_info(write(tmp_path, SAPPHIRE)).shown_flags() == "avx2 avx512f avx512_bf16 amx_bf16 amx_tile"
     arm = cpu_info(write(tmp_path, ARM))
     assert {"sve", "bf16"} <= arm.flags and arm.model  # no "model name" on Arm: the platform's name
+    assert arm.shown_flags() == "sve bf16"  # Arm's bf16: no x86 flags said missing
     assert cpu_info(str(tmp_path / "absent")).flags == frozenset()
 
 

@@ -207,7 +207,8 @@ def test_short_run_memorises_the_text_and_writes_the_run_folder(tmp_path: Path, 
     # metrics.jsonl schema
     with open(out / "metrics.jsonl", encoding="utf-8") as f:
         all_events = [json.loads(line) for line in f]
-    log_keys = {"event", "iter", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "flops_per_sec", "tokens", "time"}
+    log_keys = {"event", "iter", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "flops_per_sec", "tokens", "time",
+                "threads"}
     for e in all_events:
         if e["event"] == "log":
             assert set(e) == log_keys
@@ -217,6 +218,7 @@ def test_short_run_memorises_the_text_and_writes_the_run_folder(tmp_path: Path, 
                 assert e["flops_per_sec"] is None and e["tokens_per_sec"] is None
             else:
                 assert e["flops_per_sec"] > 0
+            assert e["threads"] == 1  # torch's count at that step (the conftest fixture pins 1)
         elif e["event"] == "eval":
             assert set(e) == {"event", "iter", "train_loss", "val_loss", "time"}
     assert [e["iter"] for e in all_events if e["event"] == "eval"] == [0, 50, 100, 150]
@@ -588,7 +590,7 @@ def test_sigterm_to_torchrun_saves_between_log_steps(tmp_path: Path, corpus) -> 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
            *args(tmp_path, corpus, "--max_iters=1000000", "--eval_interval=1000000", "--log_interval=1000000",
-                 "--optimizer=adamw")]
+                 "--optimizer=adamw", "--attention_png=false")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=subprocess_env())
     try:
@@ -597,7 +599,7 @@ def test_sigterm_to_torchrun_saves_between_log_steps(tmp_path: Path, corpus) -> 
             if line.startswith("eval @ iter 0"):
                 break
             assert time.time() < deadline
-        time.sleep(1.0)
+        time.sleep(3.0)  # past the eval (sample, pictures) and into the steps
         t0 = time.time()
         proc.send_signal(signal.SIGTERM)
         stdout, _ = proc.communicate(timeout=60)

@@ -57,7 +57,7 @@ class TrainConfig(DataOptions):
     n_layer: int = opt(4, "transformer blocks")
     n_head: int = opt(4, "attention heads")
     n_embd: int = opt(128, "embedding width")
-    block_size: int = opt(64, "context length in tokens")
+    block_size: int = opt(128, "context length in tokens")
     dropout: float = opt(0.0, "dropout probability (0 for pretraining, 0.1-0.2 for small data)")
     n_kv_head: int | None = opt(None, "key/value heads (grouped-query attention); none = n_head")
     bias: bool | None = opt(None, "biases in Linear and LayerNorm; none = preset's")
@@ -69,13 +69,13 @@ class TrainConfig(DataOptions):
     logit_softcap: float | None = opt(None, "logits = c*tanh(logits/c); 0 = off; none = preset's")
     zero_init: bool | None = opt(None, "zero-init residual projections and the untied head; none = preset's")
     # optimization
-    batch_size: int = opt(32, "sequences per micro-batch per process")
+    batch_size: int = opt(16, "sequences per micro-batch per process")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step, per process")
-    max_iters: int = opt(1500, "optimizer steps in total")
+    max_iters: int = opt(1200, "optimizer steps in total")
     optimizer: str = opt("muon", "adamw, or muon (Muon for the blocks' 2-D matrices, AdamW for the rest; "
                                  "not with --fsdp)",
                          choices=OPTIMIZERS)
-    learning_rate: float = opt(2e-3, "AdamW peak learning rate")
+    learning_rate: float = opt(1e-2, "AdamW peak learning rate")
     weight_decay: float = opt(0.1, "decoupled weight decay on 2-D parameters (matrices and embeddings)")
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.99, "AdamW beta2")

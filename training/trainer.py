@@ -570,13 +570,14 @@ class Trainer:
             return
         lr_now = self.optimizers[0].param_groups[0]["lr"]
         self.progress.log(it, loss_v, lr_now, tok_s, gn_v, 1000 * self.tokens_per_iter / tok_s if tok_s else None, mfu)
+        threads = torch.get_num_threads() if self.device_type == "cpu" else None  # the governor's count now
         if self.metrics is not None:
             with writing(self.metrics.path):
                 self.metrics.write("log", now, iter=it, loss=loss_v, lr=lr_now, grad_norm=gn_v, tokens_per_sec=tok_s,
-                                   mfu=mfu, flops_per_sec=flops_s, tokens=self.tokens_seen)
+                                   mfu=mfu, flops_per_sec=flops_s, tokens=self.tokens_seen, threads=threads)
         if self.wb is not None:
             self.wb.log({"train/loss": loss_v, "lr": lr_now, "grad_norm": gn_v, "tokens_per_sec": tok_s, "mfu": mfu,
-                         "flops_per_sec": flops_s, "tokens": self.tokens_seen}, step=it)
+                         "flops_per_sec": flops_s, "tokens": self.tokens_seen, "threads": threads}, step=it)
 
     # ------------------------------------------------------------------ stop
 
