@@ -697,7 +697,7 @@ def test_a_signal_during_start_up_ends_cleanly_and_leaves_no_temp_folder(tmp_pat
     big = tmp_path / "big.txt"
     big.write_text(POEM * 80000, encoding="utf-8")  # ~13 MB: seconds of preparing
     data = tmp_path / "data"
-    proc = start_training(tmp_path, ["--dataset=big", f"--input={big}", f"--data_dir={data}", *TINY,
+    proc = start_training(tmp_path, ["--dataset=big", "--num_proc=1", f"--input={big}", f"--data_dir={data}", *TINY,
                                      f"--out_dir={tmp_path / 'out'}"])
     try:
         deadline = time.time() + 120
