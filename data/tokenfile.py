@@ -8,9 +8,13 @@ so the model learns where one text stops and the next starts.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import itertools
 import multiprocessing as mp
+import os
+import sys
 import multiprocessing.pool
 import signal
 from collections import deque
@@ -62,10 +66,26 @@ def with_separator(pieces: Iterable[Piece], documents: bool) -> Iterator[Piece]:
 # Set once per worker process by the pool initializer, so the tokenizer (50k GPT-2 ranks) is
 # sent to each worker once instead of with every task. The parent process never sets it.
 _worker_tokenizer: Tokenizer | None = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init_worker(tokenizer: Tokenizer) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when its parent goes, however the parent goes (SIGKILL,
+    a crash, an exit that never got to terminate the pool): an orphaned worker would otherwise live
+    on holding the parent's stderr, and whoever reads that pipe would wait for ever."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent went before the request was in place
+        os._exit(1)
+
+
+def _init_worker(tokenizer: Tokenizer, parent: int) -> None:
     global _worker_tokenizer
+    _die_with_parent(parent)
     _worker_tokenizer = tokenizer
     # a forked worker inherits the parent's handlers; the parent alone decides what a signal means
     # (Ctrl-C reaches every process of the group): ignore SIGINT, and let SIGTERM (pool.terminate) just end it
@@ -79,12 +99,13 @@ def _pool(num_proc: int, tokenizer: Tokenizer) -> "mp.pool.Pool":
     """A worker pool, started with SIGINT/SIGTERM held back: a signal that lands while the pool forks
     would interrupt the fork handlers (where Python can only print and ignore it); held, it arrives
     right after, in the caller, like anywhere else."""
+    initargs = (tokenizer, os.getpid())
     if not hasattr(signal, "pthread_sigmask"):
-        return mp.get_context().Pool(num_proc, initializer=_init_worker, initargs=(tokenizer,))
+        return mp.get_context().Pool(num_proc, initializer=_init_worker, initargs=initargs)
     held = {signal.SIGINT, signal.SIGTERM}
     before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        return mp.get_context().Pool(num_proc, initializer=_init_worker, initargs=(tokenizer,))
+        return mp.get_context().Pool(num_proc, initializer=_init_worker, initargs=initargs)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
@@ -174,9 +195,13 @@ def write_splits(tokenizer: Tokenizer, pieces: Iterable[Piece], documents: bool,
 
     source = hashlib.sha256()
     total = sum(caps.values()) if caps else None
+    encoded = encode_stream(tokenizer, remember(pieces), documents, num_proc)
     try:
-        with tqdm(total=total, unit="tok", unit_scale=True, desc="tokenizing", disable=None) as bar:
-            for split, ids in capped(encode_stream(tokenizer, remember(pieces), documents, num_proc), caps):
+        # closing(): on an interrupt the pool is shut down here and now, not whenever the
+        # suspended generator happens to be collected
+        with tqdm(total=total, unit="tok", unit_scale=True, desc="tokenizing", disable=None) as bar, \
+                contextlib.closing(encoded):
+            for split, ids in capped(encoded, caps):
                 text = pending.popleft()
                 if ids:
                     source.update(text.encode("utf-8"))
