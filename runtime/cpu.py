@@ -163,8 +163,12 @@ class OtherLoad:
     """How many cores other processes kept busy since the last call: the machine's busy time
     (/proc/stat, steal included) minus this process's own CPU time. None where /proc is absent."""
 
-    def __init__(self, stat: str = "/proc/stat") -> None:
+    def __init__(self, stat: str = "/proc/stat", min_seconds: float = 1.0) -> None:
         self.stat = stat
+        # /proc/stat counts in ticks (10 ms) per CPU, updated lazily on idle CPUs: over a 0.2 s
+        # window the error alone reads as half a core of "other load". So a reading spans at
+        # least this long, and calls in between answer None (not known yet).
+        self.min_seconds = min_seconds
         self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self.last = self._read()
 
@@ -179,9 +183,12 @@ class OtherLoad:
 
     def cores(self) -> float | None:
         now = self._read()
-        last, self.last = self.last, now
-        if now is None or last is None or now[0] - last[0] < 0.05:
+        if now is None or self.last is None:
+            self.last = now
             return None
+        if now[0] - self.last[0] < self.min_seconds:
+            return None  # keep the older reading: the next answer covers the whole span
+        last, self.last = self.last, now
         return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
 
 
@@ -291,11 +298,22 @@ class ThreadGovernor:
         if median < 0.95 * self.median[came_from]:
             self.best[tried] = min(self.best.get(tried, math.inf), median)
             self.history.append((round(self.clock() - self.t0, 3), tried, "kept"))
-            self.gap = self.max_retry_seconds if busy_below else self.retry_seconds
+            if busy_below:
+                self.gap = self.max_retry_seconds
+            elif self.was_busy is False and tried < came_from:
+                # fewer threads won on a machine that reads quiet: most likely a passing burst
+                # (a VM's host, a short job); check the way back soon rather than in retry_seconds
+                self.gap = self.retry_seconds / 8
+            else:
+                self.gap = self.retry_seconds
             if not self._start_trial(up=tried > came_from, why="further"):  # it helped: one more rung?
                 self.next_retry = self.clock() + self.gap
             return
         self._apply(came_from, "back")
+        # the count we return to is as fast as it gets now: its latest window is the new yardstick
+        # for "slower" (else a machine that got slower for every count, e.g. a VM losing time to
+        # its host, would start a trial after every window)
+        self.best[came_from] = self.median[came_from]
         self.gap = self.max_retry_seconds if busy_below else min(2 * self.gap, self.max_retry_seconds)
         self.next_retry = self.clock() + self.gap
 
@@ -310,10 +328,10 @@ class ThreadGovernor:
         if busy is not None:
             self.was_busy = busy
         if median > self.jump * before or became_busy:
-            self._start_trial(up=False, why="other load" if became_busy else "slower")
+            self._start_trial(up=False, why=f"other load {others:.1f} cores" if became_busy else "slower")
         elif became_quiet:
             self._start_trial(up=True, why="load gone")
-        elif self.clock() >= self.next_retry or (others is None and len(self.history) == 1):
+        elif self.clock() >= self.next_retry or (self.load is None and len(self.history) == 1):
             # (with no load signal, the first window is followed by a trial at once: the machine may be busy)
             if not self._start_trial(up=self.current < self.top, why="periodic"):
                 self.next_retry = math.inf  # a ladder of one count: nothing to try, ever

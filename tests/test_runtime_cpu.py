@@ -94,6 +94,19 @@ def test_other_load_is_busy_time_minus_our_own(tmp_path) -> None:
     assert OtherLoad(str(tmp_path / "absent")).cores() is None
 
 
+def test_other_load_waits_for_a_long_enough_span(tmp_path) -> None:
+    """Readings closer than min_seconds are unknown (tick counts are too coarse), and the next
+    answer spans the whole time since the last one."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 1000 0 0 0 0 0 0\n", encoding="utf-8")
+    load = OtherLoad(str(stat), min_seconds=1.0)
+    t0 = load.last[0]
+    stat.write_text(f"cpu  {100 + load.tick:.0f} 0 50 1000 0 0 0 0 0 0\n", encoding="utf-8")  # +1 core-second
+    assert load.cores() is None and load.last[0] == t0  # too soon: not an answer, the baseline stays
+    load.last = (load.last[0] - 2.0, load.last[1], load.last[2])  # as if two seconds had passed
+    assert 0.4 < load.cores() <= 0.5 + 0.05  # one core-second over two seconds
+
+
 # ---------------------------------------------------------------------------- the governor
 
 
@@ -202,6 +215,38 @@ def test_noise_does_not_make_it_flap() -> None:
         m.now += t
         gov.step_done(t)
     assert m.threads == 2 and "kept" not in [why for _, _, why in gov.history]
+
+
+def test_a_machine_slower_for_every_count_does_not_start_a_trial_every_window() -> None:
+    """A VM whose host takes time away slows every count alike: after one trial that shows 1 thread
+    is no answer, the slower pace is the new normal, and only periodic trials follow."""
+    m = Machine(TWO_CORES, report_load=False)
+    gov = m.governor()
+    m.run(gov, 2000)  # 60 s quiet
+    trials_before = sum(why.startswith("trial") for _, _, why in gov.history)
+    m.times = {busy: {n: 1.7 * t for n, t in by_n.items()} for busy, by_n in TWO_CORES.items()}
+    m.run(gov, 3000)  # ~150 s at 1.7x
+    trials_after = sum(why.startswith("trial") for _, _, why in gov.history) - trials_before
+    assert m.threads == 2 and "kept" not in [why for _, _, why in gov.history]
+    assert trials_after <= 4  # one "slower" trial, then the periodic ones (8 s doubling up to 64 s)
+
+
+def test_a_burst_the_load_signal_cannot_see_is_left_behind_quickly() -> None:
+    """2 s where two threads crawl while /proc/stat reads quiet (the host took a core): one thread
+    wins, and the way back to two is tried within about a second of the burst ending, not 8 s."""
+    m = Machine(TWO_CORES)
+    gov = m.governor()
+    m.run(gov, 2000)
+    gov.load = lambda: 0.0  # the burst is invisible to the load signal
+    m.busy = True
+    end = m.now + 2.0
+    while m.now < end:
+        m.run(gov, 1)
+    assert m.threads == 1
+    m.busy, ended = False, m.now
+    while m.threads == 1 and m.now < ended + 30:
+        m.run(gov, 1)
+    assert m.threads == 2 and m.now - ended < 2.0
 
 
 @pytest.mark.parametrize("report_load", [True, False])

@@ -234,6 +234,7 @@ class Trainer:
                "distributed" if self.dist.ddp else "compiled" if self.use_compile else None)
         if why is None and torch.get_num_threads() > 1:
             self.threads_policy = {"policy": "governor", "max": torch.get_num_threads()}
+            self.moves_recorded = 0
             return ThreadGovernor(torch.get_num_threads(), load=OtherLoad().cores)
         self.threads_policy = {"policy": "fixed", "threads": torch.get_num_threads(),
                                "why": why or "one thread available"}
@@ -387,9 +388,20 @@ class Trainer:
         self.progress.step()
         if self.governor is not None:  # CPU: the step really ended here (no asynchronous queue)
             self.governor.step_done(time.perf_counter() - t0)
+            self._record_thread_moves()
         if self.iter_num == self.first_iter + 1:  # the first step compiles and warms up: not throughput
             step_loss.item()  # wait for it (once)
             self.t_log, self.it_log = time.time(), self.iter_num
+
+    def _record_thread_moves(self) -> None:
+        """Every move of the governor goes into metrics.jsonl: a reader of the dashboard can see when
+        and why the thread count changed (a trial, other load, a win kept, a step back)."""
+        moves = self.governor.history
+        if self.metrics is not None:
+            now = time.time()
+            for at, threads, why in moves[self.moves_recorded:]:
+                self.metrics.write("threads", now, iter=self.iter_num, threads=threads, why=why, governor_time=at)
+        self.moves_recorded = len(moves)
 
     def _track_nonfinite(self, step_loss: torch.Tensor) -> None:
         """A NaN/inf loss is divergence. A NaN/inf gradient with an fp16 GradScaler is a step the scaler
