@@ -530,8 +530,16 @@ def write_samples(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", 
     compiling = f", compiling the decode step took {marks[1] - marks[0]:.2f} s" if warm == 2 else ""
     rate = (steps - warm) * B / (end - marks[warm - 1]) if steps > warm else float("nan")
     log(f"{steps} steps x {B} sample(s) = {steps * B} tokens in {end - t0:.2f} s; first token after {first:.3f} s"
-        f"{compiling}, then {rate:.1f} tokens/s")
+        f"{compiling}, then {rate:.1f} tokens/s{thread_moves(governor)}")
     return 0, sample_one
+
+
+def thread_moves(governor: "ThreadGovernor | None") -> str:
+    """'; threads 1 -> 2 at 3.1 s (trial (load gone)), ...': what the governor did, if anything."""
+    if governor is None or len(governor.history) < 2:
+        return ""
+    moves = [f"{threads} at {at:.1f} s ({why})" for at, threads, why in governor.history[1:]]
+    return f"; threads {governor.history[0][1]} -> " + ", ".join(moves)
 
 
 def write_attention(o: SampleOptions, model: "torch.nn.Module", tok: "Tokenizer", ids: list[int], sample_one: list[int],
