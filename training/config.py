@@ -71,7 +71,7 @@ class TrainConfig(DataOptions):
     # optimization
     batch_size: int = opt(16, "sequences per micro-batch per process")
     gradient_accumulation_steps: int = opt(1, "micro-batches per optimizer step, per process")
-    max_iters: int = opt(1200, "optimizer steps in total")
+    max_iters: int = opt(1000, "optimizer steps in total")
     optimizer: str = opt("muon", "adamw, or muon (Muon for the blocks' 2-D matrices, AdamW for the rest; "
                                  "not with --fsdp)",
                          choices=OPTIMIZERS)
