@@ -497,6 +497,14 @@ def test_thread_policy_is_recorded_and_the_count_put_back(tmp_path: Path, corpus
     run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2", f"--threads={threads}"))
     assert json.loads((tmp_path / "out" / "config.json").read_text(encoding="utf-8"))["resolved"]["threads"] == policy
     assert torch.get_num_threads() == 2
+    with open(tmp_path / "out" / "metrics.jsonl", encoding="utf-8") as f:
+        moves = [e for e in map(json.loads, f) if e["event"] == "threads"]
+    # the governor's moves are on the dashboard, starting with the count it began at; a fixed count has none
+    if policy["policy"] == "governor":
+        assert moves[0]["threads"] == 2 and moves[0]["why"] == "start" and moves[0]["iter"] == 1
+        assert all(m["threads"] in (1, 2) for m in moves)
+    else:
+        assert moves == []
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, corpus) -> None:
