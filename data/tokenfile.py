@@ -13,10 +13,10 @@ import ctypes
 import hashlib
 import itertools
 import multiprocessing as mp
-import os
-import sys
 import multiprocessing.pool
+import os
 import signal
+import sys
 from collections import deque
 from pathlib import Path
 from typing import IO, Iterable, Iterator, Sequence, TypeVar

@@ -212,8 +212,8 @@ class ThreadGovernor:
     ``min_steps`` and ``min_seconds``); each window's median step time is compared with the
     others'. A *trial* runs one window at the neighbouring count and keeps it only if it was
     at least 5% faster. Trials start when a window is much slower than the best seen at this
-    count (something else started), when other processes' CPU use appears or goes away
-    (``load``), and at growing intervals (``retry_seconds``, doubling up to
+    count since its last failed trial (something else started), when other processes' CPU use
+    appears or goes away (``load``), and at growing intervals (``retry_seconds``, doubling up to
     ``max_retry_seconds`` while the current count keeps winning). A trial that is plainly worse
     ends after one step. On a quiet machine the cost is a clock read per step and a rare trial.
     """

@@ -97,6 +97,7 @@ class Trainer:
         self._build_model(state)
         self._choose_precision(state)
         self.governor = self._thread_governor()
+        self.moves_recorded = 0  # governor moves already written to metrics.jsonl
         if self.fsdp:  # before the optimizers, which must hold the sharded parameters
             shard_model(self.model, self.ptdtype)
         self.optimizers = configure_optimizers(self.model, cfg, self.device_type, self.muon_dtype)
@@ -234,7 +235,6 @@ class Trainer:
                "distributed" if self.dist.ddp else "compiled" if self.use_compile else None)
         if why is None and torch.get_num_threads() > 1:
             self.threads_policy = {"policy": "governor", "max": torch.get_num_threads()}
-            self.moves_recorded = 0
             return ThreadGovernor(torch.get_num_threads(), load=OtherLoad().cores)
         self.threads_policy = {"policy": "fixed", "threads": torch.get_num_threads(),
                                "why": why or "one thread available"}
