@@ -36,7 +36,7 @@ from training.health import Health
 from training.memory import check_training_fits
 from training.muon import Muon
 from training.optim import configure_optimizers, keep_run_settings
-from training.precision import choose_precision
+from training.precision import Precision, choose_precision
 from training.resolved import Resolved, cpu_line
 from training.run_folder import check_out_dir, check_same_tokenizer, start_writing
 from training.state import Counters, load_state, restore_counters, restore_optimizers
@@ -60,24 +60,16 @@ def set_up(cfg: TrainConfig, log_to_console: bool = True) -> Trainer:
         dist = dist_from_env()
         undo.callback(teardown, dist, barrier=False)
         check_out_dir(cfg, master=dist.master)
-        device = resolve_device(cfg.device, dist.local_rank, distributed=dist.ddp)
+        device = place(cfg, dist)
         device_type = device.split(":")[0]
-        if device_type == "cuda":
-            use_cuda_device(device)
         use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
         fsdp = cfg.fsdp and dist.ddp
         out_dir = Path(cfg.out_dir)
         console = dist.master and log_to_console
         say = print if console else (lambda text: None)
         state = load_state(out_dir) if cfg.init_from == "resume" else None
-        if state is not None:
-            check_fits(model_config({"model": state["model_config"]}, out_dir / STATE_FILE), cfg, device)
-        elif cfg.init_from == "scratch":  # the vocabulary is known once the data is; a lower bound for now
-            check_fits(scratch_config(cfg, LOWER_BOUND_VOCAB.get(cfg.tokenizer, cfg.vocab_size)), cfg, device)
-        data_folder = prepare_data(cfg.prepare_options(), dist, say=lambda text: print(text, file=sys.stderr,
-                                                                                       flush=True))
-        meta = load_meta(data_folder)
-        tokenizer = load_tokenizer(meta["tokenizer"], data_folder)
+        check_fits_before_data(cfg, state, device, out_dir)
+        data_folder, meta, tokenizer = prepare(cfg, dist)
         if state is not None:
             check_same_tokenizer(out_dir, state, meta["tokenizer"], data_folder)
         init_process_group(dist, device)
@@ -87,10 +79,7 @@ def set_up(cfg: TrainConfig, log_to_console: bool = True) -> Trainer:
         if fsdp:  # before the optimizers, which must hold the sharded parameters
             shard_model(model, precision.dtype)
         optimizers = configure_optimizers(model, cfg, device_type, precision.muon_dtype)
-        # fp16 gradients underflow on any device: a GradScaler whenever the compute dtype is fp16
-        # (under FSDP the sharded one, which agrees across ranks on whether to skip a step)
-        scaler_class = sharded_grad_scaler() if fsdp else torch.amp.GradScaler
-        scaler = scaler_class(device_type, enabled=precision.dtype == torch.float16)
+        scaler = grad_scaler(device_type, precision.dtype, fsdp)
         train_loader, eval_loaders = build_loaders(cfg, dist, data_folder, meta["vocab_size"], device)
         # init drew from cfg.seed on every rank (identical weights); dropout draws from seed + rank,
         # so each rank's masks differ, as they would across the rows of one big batch
@@ -104,15 +93,7 @@ def set_up(cfg: TrainConfig, log_to_console: bool = True) -> Trainer:
         resumed = state is not None
         del state  # the checkpoint's tensors: not held through compilation and training
         raw_model, model = model, wrap_model(model, dist, use_compile, fsdp, device_type, say)
-        tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * dist.world_size
-        resolved = Resolved(
-            device=device, device_type=device_type, dtype=precision.dtype, muon_dtype=precision.muon_dtype,
-            compile=use_compile, world_size=dist.world_size, fsdp=fsdp, threads=threads,
-            tokens_per_iter=tokens_per_iter,
-            flops_per_iter=raw_model.flops_per_token(cfg.block_size) * tokens_per_iter,
-            peak=dashboard.device_peak_flops(device, cfg.peak_flops), vocab_size=meta["vocab_size"],
-            model_vocab_size=raw_model.config.vocab_size, n_params=raw_model.num_params(),
-            cpu_facts=precision.cpu_facts, cpu_summary=precision.cpu_summary)
+        resolved = resolve(cfg, dist, device, use_compile, fsdp, precision, threads, raw_model, meta["vocab_size"])
         for line in banner(cfg, resolved, data_folder, any(isinstance(o, Muon) for o in optimizers)):
             say(line)
         folder = open_run_folder(cfg, dist, tokenizer, meta, resolved, counters, t_start, say)
@@ -139,10 +120,34 @@ def set_up(cfg: TrainConfig, log_to_console: bool = True) -> Trainer:
         return trainer
 
 
+def place(cfg: TrainConfig, dist: Dist) -> str:
+    """The device this process trains on (under torchrun, a CUDA rank's own GPU, made current)."""
+    device = resolve_device(cfg.device, dist.local_rank, distributed=dist.ddp)
+    if device.split(":")[0] == "cuda":
+        use_cuda_device(device)
+    return device
+
+
+def check_fits_before_data(cfg: TrainConfig, state: dict[str, Any] | None, device: str, out_dir: Path) -> None:
+    """The memory check that can be made before the data exists: a resume's model, or a new one's with a
+    lower bound on its vocabulary (a pretrained model is checked once it is loaded)."""
+    if state is not None:
+        check_fits(model_config({"model": state["model_config"]}, out_dir / STATE_FILE), cfg, device)
+    elif cfg.init_from == "scratch":  # the vocabulary is known once the data is; a lower bound for now
+        check_fits(scratch_config(cfg, LOWER_BOUND_VOCAB.get(cfg.tokenizer, cfg.vocab_size)), cfg, device)
+
+
 def check_fits(mcfg: GPTConfig, cfg: TrainConfig, device: str) -> None:
     """Refuse a model and batch this device cannot hold, before allocating them (training/memory.py)."""
     compute_bytes = 4 if cfg.dtype == "float32" else 2  # auto may pick bf16: count the smaller
     check_training_fits(mcfg, cfg, device, compute_bytes)
+
+
+def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Path, dict[str, Any], Any]:
+    """The prepared corpus (built by one process, the others wait for it), its meta and its tokenizer."""
+    folder = prepare_data(cfg.prepare_options(), dist, say=lambda text: print(text, file=sys.stderr, flush=True))
+    meta = load_meta(folder)
+    return folder, meta, load_tokenizer(meta["tokenizer"], folder)
 
 
 def build_model(cfg: TrainConfig, state: dict[str, Any] | None, data_vocab: int, device: str,
@@ -191,6 +196,13 @@ def thread_policy(cfg: TrainConfig, device_type: str, dist: Dist,
     return None, {"policy": "fixed", "threads": torch.get_num_threads(), "why": why or "one thread available"}
 
 
+def grad_scaler(device_type: str, dtype: torch.dtype, fsdp: bool) -> torch.amp.GradScaler:
+    """fp16 gradients underflow on any device: a GradScaler, enabled whenever the compute dtype is fp16
+    (under FSDP the sharded one, which agrees across ranks on whether to skip a step)."""
+    scaler_class = sharded_grad_scaler() if fsdp else torch.amp.GradScaler
+    return scaler_class(device_type, enabled=dtype == torch.float16)
+
+
 def build_loaders(cfg: TrainConfig, dist: Dist, folder: Path, vocab: int,
                   device: str) -> tuple[BatchLoader, dict[str, Callable[[], BatchLoader]]]:
     """The training stream (resumable), and a maker of a fresh fixed-seed loader per split for each eval.
@@ -218,6 +230,19 @@ def wrap_model(model: torch.nn.Module, dist: Dist, use_compile: bool, fsdp: bool
 
         model = DDP(model, **ddp_kwargs(device_type, dist.local_rank))
     return model
+
+
+def resolve(cfg: TrainConfig, dist: Dist, device: str, use_compile: bool, fsdp: bool, precision: Precision,
+            threads: dict[str, Any], model: GPT, data_vocab: int) -> Resolved:
+    """What the run resolved, with the throughput facts of its global batch."""
+    tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps * dist.world_size
+    return Resolved(device=device, device_type=device.split(":")[0], dtype=precision.dtype,
+                    muon_dtype=precision.muon_dtype, compile=use_compile, world_size=dist.world_size, fsdp=fsdp,
+                    threads=threads, tokens_per_iter=tokens_per_iter,
+                    flops_per_iter=model.flops_per_token(cfg.block_size) * tokens_per_iter,
+                    peak=dashboard.device_peak_flops(device, cfg.peak_flops), vocab_size=data_vocab,
+                    model_vocab_size=model.config.vocab_size, n_params=model.num_params(),
+                    cpu_facts=precision.cpu_facts, cpu_summary=precision.cpu_summary)
 
 
 def banner(cfg: TrainConfig, resolved: Resolved, data_folder: Path, muon: bool) -> list[str]:
