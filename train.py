@@ -16,9 +16,10 @@ folder (--out_dir is on rank 0's machine: resume there, or use a shared filesyst
 (with --optimizer=adamw) to shard the model and optimizer state across processes.
 The global batch is batch_size x gradient_accumulation_steps x processes (printed at start).
 
-Read top-down: ``train(cfg)`` is the loop; each phase it calls (set up, step, evaluate and
-checkpoint, log, stop) is a method of ``training.trainer.Trainer``. Options are
-``training.config.TrainConfig`` (shown by --help); the run folder's format is ``model.checkpoint``.
+Read top-down: ``train(cfg)`` is the loop. ``training.setup.set_up`` makes the run, phase by
+phase; each phase the loop then calls (step, evaluate and checkpoint, log, stop) is a method of
+the ``training.trainer.Trainer`` it returns. Options are ``training.config.TrainConfig`` (shown
+by --help); the run folder's format is ``model.checkpoint``.
 
 A run folder (``out_dir``) holds:
     model.safetensors, config.json   the latest model (config.json: model + train config + tokenizer)
@@ -40,11 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import CheckpointError, UsageError
-from runtime.options import coerce, parse, run_main
-from training.config import TrainConfig
+from runtime.options import parse, run_main
+from training.config import TrainConfig, saved_options
 from training.control import Interrupted, StopRequest, TrainingDiverged, signal_exit_code
-
-NOT_RESUMED = ("init_from", "eval_only", "overwrite")  # saved options a resume never takes over
 
 
 def train(cfg: TrainConfig, log_to_console: bool = True, stop: StopRequest | None = None) -> dict[str, Any]:
@@ -54,10 +53,10 @@ def train(cfg: TrainConfig, log_to_console: bool = True, stop: StopRequest | Non
     ``Interrupted`` for a signal outside the loop (start-up) or a second one. ``stop``: the
     caller's signal handler, if it installed one already (main does, before reading options).
     """
-    from training.trainer import Trainer  # imports torch: here, so that --help answers at once
+    from training.setup import set_up  # imports torch: here, so that --help answers at once
 
     with (contextlib.nullcontext(stop) if stop is not None else StopRequest()) as stop:
-        with Trainer(cfg, log_to_console) as run:
+        with set_up(cfg, log_to_console) as run:
             stop.arm()  # from here a first signal means: finish this step, save, stop
             try:
                 while True:
@@ -73,27 +72,6 @@ def train(cfg: TrainConfig, log_to_console: bool = True, stop: StopRequest | Non
             finally:
                 stop.disarm()
             return run.result()
-
-
-def saved_options(state: dict[str, Any], path: Path) -> dict[str, Any]:
-    """A run's saved options, each checked against its field's type (the file is untrusted input)."""
-    import dataclasses
-    import typing
-
-    saved = state.get("train_config", {})
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: the saved options are not a table; restore the file or start a fresh run")
-    hints = typing.get_type_hints(TrainConfig)
-    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_RESUMED)
-    out = {}
-    for key, value in saved.items():
-        if key in known:
-            try:
-                out[key] = coerce(value, hints[key], key)
-            except UsageError:
-                raise CheckpointError(f"{path}: the saved option {key}={value!r} is not valid; the file is damaged: "
-                                      "restore it or start a fresh run") from None
-    return out
 
 
 def load_config(argv: list[str] | None = None) -> TrainConfig:
@@ -115,7 +93,7 @@ def load_config(argv: list[str] | None = None) -> TrainConfig:
     return cfg
 
 
-def report(cfg: TrainConfig, result: dict[str, Any], stop: StopRequest) -> int:
+def _report(cfg: TrainConfig, result: dict[str, Any], stop: StopRequest) -> int:
     """Print how the run ended; the exit code."""
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -143,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = None
         try:
             cfg = load_config(argv)
-            return report(cfg, train(cfg, stop=stop), stop)
+            return _report(cfg, train(cfg, stop=stop), stop)
         except TrainingDiverged as e:
             print(f"error: training diverged: {e}. The last good checkpoint in {cfg.out_dir} was kept; "
                   "try a lower --learning_rate or --grad_clip, or a smaller model.", file=sys.stderr)

@@ -144,7 +144,7 @@ def sample_checkpoint(folder: Path, text: Path) -> int:
     import train
     from data.tokenizer import CharTokenizer
     from model import GPT, save_model
-    from training.trainer import scratch_config
+    from training.config import scratch_config
 
     tok = CharTokenizer(sorted(set(text.read_text(encoding="utf-8"))))
     torch.manual_seed(0)

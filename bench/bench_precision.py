@@ -45,12 +45,12 @@ def trainer(argv: list[str], work: Path, name: str, dtype: str, muon_dtype: str 
     """A Trainer for train.py's options ``argv`` at ``dtype``; ``muon_dtype`` None keeps the probe's."""
     import train
     from training.muon import Muon
-    from training.trainer import Trainer
+    from training.setup import set_up
 
     cfg = train.load_config([*argv, "--dataset=bench", f"--input={synthetic_corpus(work)}", "--optimizer=muon",
                              f"--data_dir={work / 'data'}", f"--out_dir={work / name}", f"--dtype={dtype}",
                              f"--threads={torch.get_num_threads()}", "--device=cpu"])
-    t = Trainer(cfg, log_to_console=False)
+    t = set_up(cfg, log_to_console=False)
     if muon_dtype is not None:
         for o in t.optimizers:
             for group in o.param_groups if isinstance(o, Muon) else []:
@@ -61,6 +61,9 @@ def trainer(argv: list[str], work: Path, name: str, dtype: str, muon_dtype: str 
 def main(argv: list[str] | None = None) -> int:
     import sys
 
+    from training.muon import Muon
+    from training.resolved import cpu_line
+
     args = list(sys.argv[1:] if argv is None else argv)
     presets = [a for a in args if a.endswith(".toml")]
     o = parse(PrecisionOptions, [a for a in args if a not in presets], prog="python -m bench.bench_precision",
@@ -69,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(o.threads)
     work = Path(tempfile.mkdtemp(prefix="quillgpt-bench-precision-"))
     auto = trainer(presets, work, "auto", "auto", None)
-    choice = (str(auto.ptdtype).removeprefix("torch."), auto.muon_dtype)
+    choice = (str(auto.resolved.dtype).removeprefix("torch."), auto.resolved.muon_dtype)
     trainers = {combo: trainer(presets, work, f"{combo[0]}-{combo[1]}", *combo) for combo in COMBOS}
     steps = {combo: (lambda t=t: [t.step() for _ in range(o.steps)]) for combo, t in trainers.items()}
     t0 = time.perf_counter()
     seconds = interleaved_medians(steps, o.repeats)
     print(cpu_description())
-    print(auto._cpu_line())
+    print(cpu_line(auto.resolved, any(isinstance(o, Muon) for o in auto.optimizers)))
     print(f"{' '.join(presets) or 'train.py defaults'}, Muon; {o.steps} steps x {o.repeats} rounds, median "
           f"({time.perf_counter() - t0:.0f} s)")
     print("| compute dtype | Muon's dtype | ms/step | x the probe's choice |")

@@ -61,7 +61,7 @@ def batches(seed: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def ours(work: Path) -> tuple[str, callable, float]:
     """The very ``Trainer.step()`` that ``python train.py`` runs (loader, schedule, clip, step, zero_grad)."""
     from training.config import TrainConfig
-    from training.trainer import Trainer
+    from training.setup import set_up
 
     corpus = work / "corpus.txt"  # 65 distinct characters, like tinyshakespeare's vocabulary
     g = torch.Generator().manual_seed(0)
@@ -74,7 +74,7 @@ def ours(work: Path) -> tuple[str, callable, float]:
                       data_dir=str(work / "data"), out_dir=str(work / "out"), seed=1337,
                       threads=torch.get_num_threads(),  # fixed, as nanoGPT's: no governor trials in the timing
                       **{k: v for k, v in SHAPE.items() if k != "vocab_size"})
-    trainer = Trainer(cfg, log_to_console=False)
+    trainer = set_up(cfg, log_to_console=False)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:  # draws its own batch from its loader, as in training
         trainer.step()

@@ -95,7 +95,7 @@ def serve() -> None:
 
     import sample  # noqa: F401
     import train  # noqa: F401
-    import training.trainer  # noqa: F401
+    import training.setup  # noqa: F401
 
     # what every child would otherwise pay for again: the optimizers' lazy imports, matplotlib's fonts
     torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])

@@ -113,7 +113,7 @@ def test_help_lists_every_field(capsys) -> None:
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
 def test_presets_apply_every_key_and_build_a_model_config(preset: str) -> None:
-    from training.trainer import scratch_config
+    from training.config import scratch_config
 
     path = ROOT / "configs" / preset
     cfg = load_config([str(path)])
@@ -462,12 +462,13 @@ def test_wandb_receives_the_resolved_config(tmp_path: Path, corpus, monkeypatch)
 
 
 def test_cpu_choices_are_recorded_and_a_resume_keeps_them(tmp_path: Path, corpus, monkeypatch) -> None:
-    import training.trainer as trainer
+    import training.precision as precision
+    from training.muon import Muon
     from model.checkpoint import save_train_state
 
     made = []
-    real_probe = trainer.probe_cpu
-    monkeypatch.setattr(trainer, "probe_cpu", lambda: made.append(1) or real_probe())
+    real_probe = precision.probe_cpu
+    monkeypatch.setattr(precision, "probe_cpu", lambda: made.append(1) or real_probe())
     common = ["--eval_interval=2", "--optimizer=muon", "--dtype=auto"]
     run(args(tmp_path, corpus, "--max_iters=2", *common))
     out = tmp_path / "out"
@@ -480,8 +481,8 @@ def test_cpu_choices_are_recorded_and_a_resume_keeps_them(tmp_path: Path, corpus
     state["resolved"]["muon_dtype"] = flipped
     save_train_state(out, state)
     seen = []
-    real_step = trainer.Muon.step
-    monkeypatch.setattr(trainer.Muon, "step", lambda self, *a: seen.append(self.param_groups[0]["ortho_dtype"])
+    real_step = Muon.step
+    monkeypatch.setattr(Muon, "step", lambda self, *a: seen.append(self.param_groups[0]["ortho_dtype"])
                         or real_step(self, *a))
     run([f"--out_dir={out}", "--init_from=resume", "--max_iters=4"])
     assert made == [1] and seen == [flipped, flipped]

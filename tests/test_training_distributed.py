@@ -189,11 +189,11 @@ def _collectives(rank: int, dist) -> dict:
 def _scenario_stop_and_seeds(rank: int, workdir: Path) -> dict:
     """A stop request on rank 1 only, at iteration 3, between log steps: both ranks stop at 3, saved."""
     from model.checkpoint import load_train_state
-    from training.trainer import Trainer
+    from training.setup import set_up
 
     cfg = _config(workdir, "--max_iters=50", "--eval_interval=1000", "--log_interval=1000", "--dropout=0.5")
     stop = SimpleNamespace(requested=None)
-    with Trainer(cfg, log_to_console=False) as run:
+    with set_up(cfg, log_to_console=False) as run:
         weights = float(sum(p.double().sum() for p in run.raw_model.parameters()))  # after init
         rng_after_setup = torch.get_rng_state().sum().item()
         mask = torch.nn.functional.dropout(torch.ones(64), 0.5).tolist()
@@ -229,7 +229,7 @@ def test_a_stop_on_one_rank_stops_all_at_that_step_and_ranks_draw_their_own_drop
 def _scenario_master_fails(rank: int, workdir: Path) -> dict:
     """Rank 0 fails while writing a checkpoint; rank 1 must not wait for it forever."""
     import train
-    import training.trainer as trainer
+    import training.checkpoints as checkpoints
     from training.distributed import RankFailed
 
     cfg = _config(workdir, "--max_iters=4", "--eval_interval=2", "--log_interval=1")
@@ -237,7 +237,7 @@ def _scenario_master_fails(rank: int, workdir: Path) -> dict:
         def disk_full(*_a, **_k):
             raise OSError("No space left on device")
 
-        trainer.save_train_state = disk_full
+        checkpoints.save_train_state = disk_full
     try:
         result = train.train(cfg, log_to_console=False)
     except OSError as e:

@@ -1,4 +1,4 @@
-"""training/trainer.py phase by phase, in-process: fp16 skipped steps, throughput, the padded vocabulary.
+"""training/setup.py and training/trainer.py phase by phase, in-process: fp16 skipped steps, throughput, the padded vocabulary.
 
 fp16 training runs on CPU here (autocast float16 with a real GradScaler), so the scaler's skip
 path, which on a GPU happens in the first hour of any fp16 run, is exercised without one.
@@ -15,7 +15,9 @@ import torch
 
 from train import load_config
 from training.control import MAX_SKIPPED_STEPS, TrainingDiverged, check_divergence
-from training.trainer import Trainer, scratch_config
+from training.config import scratch_config
+from training.setup import set_up
+from training.trainer import Trainer
 
 POEM = "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n" * 20
 
@@ -41,7 +43,7 @@ def params(run: Trainer) -> list[torch.Tensor]:
 
 
 def test_fp16_steps_the_scaler_skips_are_not_divergence(tmp_path: Path) -> None:
-    with Trainer(tiny(tmp_path, "--dtype=float16"), log_to_console=False) as run:
+    with set_up(tiny(tmp_path, "--dtype=float16"), log_to_console=False) as run:
         assert run.scaler.is_enabled()  # fp16 gets a GradScaler on any device
         run.step()
         overflow_scale(run, 2.0 ** 40)
@@ -60,7 +62,7 @@ def test_fp16_steps_the_scaler_skips_are_not_divergence(tmp_path: Path) -> None:
 
 
 def test_fp16_too_many_skipped_steps_in_a_row_is_divergence(tmp_path: Path) -> None:
-    with Trainer(tiny(tmp_path, "--dtype=float16"), log_to_console=False) as run:
+    with set_up(tiny(tmp_path, "--dtype=float16"), log_to_console=False) as run:
         overflow_scale(run, 2.0 ** 40, backoff=1.0)  # the scale never comes down: every step overflows
         for _ in range(MAX_SKIPPED_STEPS - 1):
             run.step()
@@ -71,7 +73,7 @@ def test_fp16_too_many_skipped_steps_in_a_row_is_divergence(tmp_path: Path) -> N
 
 
 def test_a_nan_loss_is_divergence_even_with_a_scaler(tmp_path: Path) -> None:
-    with Trainer(tiny(tmp_path, "--dtype=float16"), log_to_console=False) as run:
+    with set_up(tiny(tmp_path, "--dtype=float16"), log_to_console=False) as run:
         with torch.no_grad():
             run.raw_model.transformer.wte.weight.fill_(float("nan"))
         run.step()
@@ -89,7 +91,7 @@ def test_divergence_rule() -> None:
 
 def test_throughput_leaves_out_the_first_step(tmp_path: Path) -> None:
     """The first step compiles (on a GPU) and warms up; a slow first step must not lower tokens/s."""
-    with Trainer(tiny(tmp_path), log_to_console=False) as run:
+    with set_up(tiny(tmp_path), log_to_console=False) as run:
         calls = []
 
         def slow_first_forward(*_):
@@ -104,7 +106,7 @@ def test_throughput_leaves_out_the_first_step(tmp_path: Path) -> None:
         for _ in range(3):
             run.step()
         run.log()
-        per_iter = run.tokens_per_iter
+        per_iter = run.resolved.tokens_per_iter
         assert run.results["tokens_per_sec"] > 3 * per_iter / 0.5  # with the 1 s step it would be < 3 * per_iter
 
 

@@ -6,13 +6,15 @@ from the options saved in its run folder. ``__post_init__`` refuses values that 
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from data.options import DataOptions
 from runtime.device import DEVICE_NAMES, DTYPES, check_device_name
-from runtime.errors import ConfigError, DeviceError, UsageError
-from runtime.options import check_seed, opt
+from runtime.errors import CheckpointError, ConfigError, DeviceError, UsageError
+from runtime.options import check_seed, coerce, opt
 
 if TYPE_CHECKING:
     from data.prepare import PrepareOptions
@@ -24,6 +26,7 @@ SCHEDULES = ("cosine", "wsd")
 ARCH_SWITCHES = ("n_kv_head", "bias", "pos_emb", "norm", "qk_norm", "activation", "tie_embeddings",
                  "logit_softcap", "zero_init")
 ARCH_FIELDS = ("model", "n_layer", "n_head", "n_embd", "block_size") + ARCH_SWITCHES
+NOT_RESUMED = ("init_from", "eval_only", "overwrite")  # saved options a resume never takes over
 
 
 @dataclass
@@ -208,3 +211,22 @@ def config_warnings(cfg: TrainConfig) -> list[str]:
         warnings.append(f"--warmup_iters={cfg.warmup_iters} >= --max_iters={cfg.max_iters}: the whole run is warmup "
                         f"and the learning rate only reaches {peak:.0%} of its peak; lower --warmup_iters")
     return warnings
+
+
+def saved_options(state: dict[str, Any], path: Any) -> dict[str, Any]:
+    """A run's saved options a resume starts from, each checked against its field's type (the file is
+    untrusted input); ``path`` names the file in errors."""
+    saved = state.get("train_config", {})
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: the saved options are not a table; restore the file or start a fresh run")
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(NOT_RESUMED)
+    out = {}
+    for key, value in saved.items():
+        if key in known:
+            try:
+                out[key] = coerce(value, hints[key], key)
+            except UsageError:
+                raise CheckpointError(f"{path}: the saved option {key}={value!r} is not valid; the file is damaged: "
+                                      "restore it or start a fresh run") from None
+    return out

@@ -44,8 +44,7 @@ def device_peak_flops(device: str, override: float | None) -> float | None:
     """The device's peak FLOP/s for MFU: ``override`` if given, else the GPU table, else None.
 
     CPUs have no table entry: their peak depends on cores, clocks and ISA. Measure it (a
-    2048x2048 matmul; bench/bench_train.py does) and pass --peak_flops. On the 2-core
-    machine of docs/BENCHMARKS.md that gave fp32 ~128e9 and bf16 ~376e9 FLOP/s.
+    2048x2048 matmul; bench/bench_train.py does) and pass --peak_flops.
     """
     if override:
         return override

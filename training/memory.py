@@ -1,8 +1,9 @@
 """How much memory a training run needs at the least: checked before anything big is allocated.
 
-``--batch_size=1000000000`` used to spend a minute allocating and then die with a MemoryError
-traceback. ``training_bytes`` adds up what a step certainly holds; ``check_training_fits``
-refuses, in one line, a run that cannot fit, before the model, optimizer or a batch exists.
+A run too big for the device (``--batch_size=1000000000``, say) would otherwise spend a long time
+allocating and then die with a MemoryError traceback. ``training_bytes`` adds up what a step
+certainly holds; ``check_training_fits`` refuses, in one line, a run that cannot fit, before the
+model, optimizer or a batch exists.
 
 The count is a lower bound, so big but legitimate runs are never refused:
     weights + gradients (4 + 4 bytes per parameter, fp32 master weights)

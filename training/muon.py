@@ -4,9 +4,10 @@ The same algorithm as ``torch.optim.Muon`` (Keller Jordan's Muon, as torch 2.13 
 Nesterov-style momentum kept as an EMA, five Newton-Schulz quintic steps with the same
 coefficients and eps, decoupled weight decay, and the lr scaled by sqrt(max(1, rows/cols)).
 What differs is one argument, ``ortho_dtype``: torch always orthogonalises in bfloat16, which
-is fast on GPUs and on CPUs with native bf16 (AVX-512 BF16, AMX) but ~100x slower than fp32
-on CPUs without it (AVX2 only), where it made Muon's step cost more than the rest of training.
-The trainer picks the dtype from a start-up probe (runtime/cpu.py, runtime/device.py).
+is fast on GPUs and on CPUs with native bf16 (AVX-512 BF16, AMX) but emulated, and far slower
+than fp32, on CPUs without it (AVX2 only), where Muon's step would cost more than the rest of
+training. training/precision.py picks the dtype from a start-up probe (runtime/cpu.py,
+runtime/device.py).
 
 The state dict has torch's layout (a ``momentum_buffer`` per parameter), so checkpoints
 written with ``torch.optim.Muon`` load here; ``ortho_dtype`` is kept in each param group.

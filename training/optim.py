@@ -21,7 +21,7 @@ def configure_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: 
 
     Embeddings and the head are 2-D but are not hidden matrices: Muon's orthogonalised update
     is meant for linear maps between hidden states, so they stay with AdamW (as in modded-nanogpt).
-    ``muon_dtype`` is the dtype Muon orthogonalises in (the trainer's probe picks it: bf16 only
+    ``muon_dtype`` is the dtype Muon orthogonalises in (training/precision.py picks it: bf16 only
     where bf16 matmuls are faster than fp32).
     """
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -30,8 +30,8 @@ def configure_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: 
     rest = [(n, p) for n, p in params if id(p) not in muon_ids]
     groups = [{"params": [p for _, p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0}]
-    # the fused kernel exists for CUDA and CPU; on CPU it measured 0.3 ms/step vs 1.8 ms for torch's
-    # default per-tensor loop at nanoGPT's CPU shape (nanoGPT fuses on CUDA only)
+    # fused: one kernel over all parameters instead of a loop of small per-tensor ops, whose launch
+    # overhead dominates a small model's step; torch has the kernel for CUDA and CPU
     extra = {"fused": True} if device_type in ("cuda", "cpu") else {}
     optimizers: list[torch.optim.Optimizer] = [
         torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **extra)]
@@ -44,6 +44,16 @@ def configure_optimizers(model: torch.nn.Module, cfg: TrainConfig, device_type: 
             g["base_lr"] = cfg.muon_lr
         optimizers.append(m)
     return optimizers
+
+
+def keep_run_settings(optimizers: list[torch.optim.Optimizer], cfg: TrainConfig, muon_dtype: str) -> None:
+    """After a checkpoint's optimizer states are loaded: each group's base_lr from this run's options (the
+    schedule sets lr from it, and a resumed run may change the peak), Muon's dtype the run's recorded choice."""
+    for o in optimizers:
+        for g in o.param_groups:
+            g["base_lr"] = cfg.muon_lr if isinstance(o, Muon) else cfg.learning_rate
+            if isinstance(o, Muon):
+                g["ortho_dtype"] = muon_dtype
 
 
 def lr_multiplier(it: int, cfg: TrainConfig) -> float:

@@ -12,14 +12,17 @@ Everything is tensors, numbers, strings, lists and dicts, so it loads with ``wei
 
 from __future__ import annotations
 
+import math
 import random
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from model.checkpoint import state_tensors, unwrap
+from model.checkpoint import STATE_FILE, load_train_state, state_tensors, unwrap
 from runtime.errors import CheckpointError
+from training.distributed import Dist, load_optimizer_states
 
 # what a resume reads, and the type each must have; a file that fails this is refused before it is used
 STATE_FIELDS: dict[str, tuple[type, ...]] = {
@@ -54,7 +57,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available():
         device = torch.cuda.current_device()
-        if isinstance(cuda, (list, tuple)):  # older files held every device's state: take this device's
+        if isinstance(cuda, (list, tuple)):  # a file may hold every device's state: take this device's
             cuda = cuda[device] if device < len(cuda) else None
         if cuda is not None:
             torch.cuda.set_rng_state(cuda, device)
@@ -64,7 +67,7 @@ def rank_rng_state(saved: dict[str, Any], rank: int, world_size: int) -> dict[st
     """This rank's saved RNG state; None if the run was saved with another number of processes
     (the caller then seeds the rank afresh: dropout masks cannot continue exactly then)."""
     ranks = saved.get("rng_ranks")
-    if ranks is None:  # saved by one process, or by a version that kept rank 0's state only
+    if ranks is None:  # saved by one process, or a file with rank 0's state only
         return saved["rng"] if world_size == 1 or rank == 0 else None
     return ranks[rank] if len(ranks) == world_size else (saved["rng"] if rank == 0 else None)
 
@@ -105,3 +108,55 @@ def check_train_state(state: dict[str, Any], path: Any) -> None:
     if not isinstance(rng.get("torch"), torch.Tensor) or not isinstance(rng.get("numpy"), dict) \
             or not isinstance(rng.get("python"), list):
         raise CheckpointError(f"{path}: the saved RNG state is malformed; restore the file or start a fresh run")
+
+
+def load_state(out_dir: Path) -> dict[str, Any]:
+    """A resume's train state (memory-mapped), checked field by field."""
+    state = load_train_state(out_dir)
+    check_train_state(state, out_dir / STATE_FILE)
+    return state
+
+
+class Counters(NamedTuple):
+    """Where a run stands: its iteration, best val loss, wandb run and tokens trained on."""
+
+    iter_num: int = 0
+    best_val: float = math.inf
+    wandb_id: str | None = None
+    tokens_seen: int = 0
+
+
+# what a damaged train state raises while it is restored
+DAMAGE = (ValueError, KeyError, RuntimeError, TypeError, IndexError, AttributeError)
+
+
+def restore_optimizers(state: dict[str, Any], model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+                       scaler: torch.amp.GradScaler, fsdp: bool, out_dir: Path) -> None:
+    """The optimizers' moments and the grad scaler, from a train state made with the same options."""
+    try:
+        if len(state["optimizers"]) != len(optimizers):
+            raise ValueError("a different --optimizer than the checkpoint's")
+        if state.get("sharded", False) != fsdp:
+            raise ValueError(f"it was saved {'with' if state.get('sharded') else 'without'} --fsdp; resume "
+                             f"it the same way")
+        load_optimizer_states(model, optimizers, state["optimizers"], fsdp)
+        if state.get("scaler") and scaler.is_enabled():
+            scaler.load_state_dict(state["scaler"])
+    except DAMAGE as e:
+        raise CheckpointError(f"cannot restore the optimizer from {out_dir}: {str(e)[:200]}") from None
+
+
+def restore_counters(state: dict[str, Any], dist: Dist, seed: int, out_dir: Path) -> Counters:
+    """This rank's RNG streams, and the counters the run stopped at."""
+    try:
+        rng = rank_rng_state(state, dist.rank, dist.world_size)
+        if rng is not None:
+            set_rng_state(rng)
+        else:  # resumed with another number of processes: fresh, distinct dropout streams
+            torch.manual_seed(seed + dist.rank + int(state["iter"]))
+        return Counters(int(state["iter"]), float(state["best_val_loss"]), state.get("wandb_id"),
+                        int(state.get("tokens", 0)))
+    except DAMAGE as e:
+        raise CheckpointError(f"cannot restore the RNG state and counters from {out_dir / STATE_FILE} "
+                              f"({type(e).__name__}: {str(e)[:100]}); the file is damaged: restore it "
+                              "or start a fresh run") from None
