@@ -58,7 +58,7 @@ class SampleOptions:
     stop: list[str] = opt([], "a sample ends at the first occurrence of this string, which is not printed; "
                               "repeat for several; \\n, \\t and \\\\ are read as escapes")
     stop_at_eot: bool = opt(True, "a sample ends at <|endoftext|> (bpe/gpt2 tokenizers); --no-stop_at_eot prints "
-                                  "it and carries on, as nanoGPT does")
+                                  "it and carries on")
     stream: bool = opt(True, "print text as it is generated; --no-stream prints each sample when all are done")
     device: str = opt("auto", f"where to run: {DEVICE_NAMES} (auto = cuda, else mps, else cpu)")
     dtype: str = opt("auto", "compute precision: auto = bfloat16 on a GPU that has it natively, float16 on "

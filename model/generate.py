@@ -12,8 +12,8 @@ token is ``tokens[start:n]``:
 Learned positions make cached keys position-dependent, so the cache cannot slide; rotary
 keys could, but their deeper layers were computed with the older context. Re-prefilling
 is exact for both, and doing it every ``block_size - window_keep`` tokens keeps its cost
-amortised. ``window_keep = block_size`` gives nanoGPT's crop-every-step behaviour (a full
-forward per token past the window). Between slides each step feeds only the token sampled
+amortised. ``window_keep = block_size`` crops at every step instead (a full forward per
+token past the window). Between slides each step feeds only the token sampled
 the step before, so a decode step is one (B, 1) forward with no slicing or copying of the
 context. The uncached path (``use_cache=False``) applies the same
 policy with a full forward per token, so both paths produce the same tokens.
@@ -305,7 +305,7 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
 
 def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
              callback: Callable[[torch.Tensor], None] | None = None, **kwargs) -> torch.Tensor:
-    """Continue ``idx`` (B, T); returns (B, T + new) like nanoGPT's generate.
+    """Continue ``idx`` (B, T); returns (B, T + new): the prompt and its continuation.
 
     ``callback`` (if given) receives each step's (B,) tokens as they are sampled. ``new`` is
     ``max_new_tokens`` unless every row hit a stop id first. Keyword arguments are those of

@@ -355,8 +355,8 @@ def F_rms_norm_is_fp32() -> bool:
 
 
 def test_fixed_shape_cache_write_under_a_cuda_like_autocast(cuda_autocast_rms_norm) -> None:
-    """The compiled step's write (index_copy_ at input_pos) needs one dtype for cache and keys: with fp32
-    keys for a cache of v's bf16 it failed on CUDA (`sample.py --compile`, modern checkpoint)."""
+    """The compiled step's write (index_copy_ at input_pos) needs one dtype for cache and keys: under a
+    CUDA-like autocast a modern model's normed keys come out fp32 while its values are bf16."""
     model = tiny("modern")
     idx = prompt(1, 8, seed=2)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
