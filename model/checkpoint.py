@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -372,27 +373,103 @@ def load_hf_gpt2(folder: str | Path, **overrides: Any) -> GPT:
     return model
 
 
-def from_pretrained(name_or_dir: str, **overrides: Any) -> GPT:
-    """A quillgpt run folder, a local Hugging Face GPT-2 folder, or a hub name (gpt2 ... gpt2-xl).
+# ---------------------------------------------------------------------------- where a model comes from
 
-    ``overrides`` replace config fields (``dropout=0.1``, say) whichever the source.
+
+@dataclass(frozen=True)
+class Source:
+    """A model's origin, decided from its name before any weights are read (``resolve_source``)."""
+
+    folder: Path | None  # a quillgpt checkpoint folder (config.json + model.safetensors)
+    pretrained: str | None  # otherwise: a local Hugging Face GPT-2 folder or a hub name
+    meta: dict[str, Any]  # the folder's config.json (ours or GPT-2's); {} for a hub name, not fetched yet
+    label: str  # how to name it to a person
+
+
+def resolve_source(name_or_folder: str | Path, which: str | None = None) -> Source:
+    """The one dispatch of ``from_pretrained``, train.py --init_from and sample.py.
+
+    ``which`` (best, latest or auto): ``name_or_folder`` is a run's --out_dir and that checkpoint
+    of it is meant (``checkpoint_folder``). None: a quillgpt checkpoint folder itself, a local
+    Hugging Face GPT-2 folder, or a hub name. A folder is checked here (a config that is neither
+    ours nor GPT-2's, a missing weights file), so a bad one is refused before any download.
     """
-    path = Path(name_or_dir)
+    if which is not None:
+        folder, which = checkpoint_folder(name_or_folder, which)
+        meta = read_config(folder)
+        if "model" not in meta:
+            raise CheckpointError(f"{folder / CONFIG_FILE} has no 'model' section: not a quillgpt checkpoint")
+        facts = [which]
+        if isinstance(meta.get("iter"), int):
+            facts.append(f"iter {meta['iter']}")
+        if isinstance(meta.get("val_loss"), (int, float)):
+            facts.append(f"val loss {meta['val_loss']:.4f}")
+        return Source(folder, None, meta, f"{folder} ({', '.join(facts)})")
+    name = str(name_or_folder)
+    path = Path(name)
     if path.is_dir():
-        if not (path / CONFIG_FILE).is_file():
-            raise CheckpointError(f"{path} has no {CONFIG_FILE}: expected a quillgpt run or a Hugging Face GPT-2 folder")
-        if is_run_folder(path):
-            return load_model(path, **overrides)[0]
-        return load_hf_gpt2(path, **overrides)
-    if looks_local(name_or_dir):
-        raise CheckpointError(f"no such folder: {name_or_dir} (expected a quillgpt run folder or a Hugging Face "
-                              f"GPT-2 folder with {CONFIG_FILE} and {WEIGHTS_FILE})")
+        if not run_member(path, CONFIG_FILE).is_file():
+            raise CheckpointError(f"no {CONFIG_FILE} in {path}: expected a quillgpt run folder or a Hugging Face "
+                                  f"GPT-2 folder ({CONFIG_FILE} + {WEIGHTS_FILE})")
+        meta = read_config(path)
+        if "model" in meta:
+            if not is_checkpoint(path):
+                raise CheckpointError(f"{path}: its {WEIGHTS_FILE} is missing (a run stopped before its first "
+                                      "save?); give a folder with a saved model")
+            return Source(path, None, meta, str(path))
+        try:
+            config_from_hf(meta)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: its {CONFIG_FILE} has no 'model' section (quillgpt) and is not a GPT-2 "
+                                  f"config either ({e})") from None
+        if not run_member(path, WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"{path}: no {WEIGHTS_FILE} beside its GPT-2 {CONFIG_FILE}")
+        return Source(None, name, meta, f"{path} (Hugging Face GPT-2 folder)")
+    if looks_local(name):
+        raise CheckpointError(f"no such folder: {name} (give a quillgpt run folder, a Hugging Face GPT-2 folder "
+                              f"with {CONFIG_FILE} and {WEIGHTS_FILE}, or a hub name such as gpt2)")
+    return Source(None, name, {}, f"{name} (GPT-2 from the Hugging Face hub)")
+
+
+def source_config(source: Source, **overrides: Any) -> GPTConfig | None:
+    """The GPTConfig a source builds, read without building it; None for a hub name (not fetched yet)."""
+    if source.folder is not None:
+        return model_config(source.meta, source.folder / CONFIG_FILE, **overrides)
+    if source.meta:
+        return config_from_hf(source.meta, **overrides)
+    return None
+
+
+def source_tokenizer(source: Source, gpt2_ranks: str | None = None) -> Any:
+    """The run's own tokenizer (its spec in config.json), or GPT-2's for GPT-2 weights."""
+    from data.tokenizer import load_tokenizer
+
+    if source.folder is None:
+        return load_tokenizer({"kind": "gpt2"}, ".", gpt2_ranks=gpt2_ranks)
+    spec, home = tokenizer_home(source.folder, source.meta)
+    return load_tokenizer(spec, home, gpt2_ranks=gpt2_ranks)
+
+
+def fetch_hub(name: str) -> Path:
+    """Download a hub model's config.json and model.safetensors; the folder holding both."""
     try:
         from huggingface_hub import hf_hub_download
 
-        hf_hub_download(repo_id=name_or_dir, filename=WEIGHTS_FILE)
-        snapshot = Path(hf_hub_download(repo_id=name_or_dir, filename=CONFIG_FILE)).parent  # both files land here
+        hf_hub_download(repo_id=name, filename=WEIGHTS_FILE)
+        return Path(hf_hub_download(repo_id=name, filename=CONFIG_FILE)).parent  # both files land here
     except Exception as e:  # network errors, unknown repo ids: one message, not a stack of HTTP internals
-        raise CheckpointError(f"could not fetch {name_or_dir!r} from the Hugging Face hub ({type(e).__name__}); "
+        raise CheckpointError(f"could not fetch {name!r} from the Hugging Face hub ({type(e).__name__}); "
                               f"known GPT-2 names: {', '.join(HUB_NAMES)}; offline, pass a local folder") from None
-    return load_hf_gpt2(snapshot, **overrides)
+
+
+def from_pretrained(name_or_dir: str | Path | Source, **overrides: Any) -> GPT:
+    """A quillgpt run folder, a local Hugging Face GPT-2 folder, a hub name (gpt2 ... gpt2-xl),
+    or a ``Source`` already resolved; float32 on the CPU.
+
+    ``overrides`` replace config fields (``dropout=0.1``, say) whichever the source.
+    """
+    source = name_or_dir if isinstance(name_or_dir, Source) else resolve_source(name_or_dir)
+    if source.folder is not None:
+        return load_model(source.folder, **overrides)[0]
+    folder = Path(source.pretrained) if source.meta else fetch_hub(source.pretrained)
+    return load_hf_gpt2(folder, **overrides)

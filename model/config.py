@@ -2,9 +2,9 @@
 
 Two presets name the two families the code supports:
 
-- ``classic``: GPT-2 exactly as OpenAI shipped it (and nanoGPT rebuilt it): learned absolute
+- ``classic``: GPT-2's architecture, so its weights load as they are: learned absolute
   positions, pre-LayerNorm, tanh-GELU MLP, biases, tied input/output embeddings.
-- ``modern``: the switches that cut time-to-loss in modded-nanogpt and nanochat: rotary
+- ``modern``: switches that reach a given loss in less training time: rotary
   positions, RMSNorm, no biases, QK-norm, ReLU² MLP, untied head, zero-initialised output
   projections, an optional logit soft-cap and grouped-query attention (``n_kv_head``).
 
@@ -74,7 +74,7 @@ class GPTConfig:
 
     @classmethod
     def classic(cls, **overrides: Any) -> "GPTConfig":
-        """GPT-2 as OpenAI built it (nanoGPT's model)."""
+        """GPT-2's architecture (OpenAI's weights load into it)."""
         return cls(**overrides)
 
     @classmethod
@@ -134,7 +134,7 @@ VOCAB_PAD_FROM = 1024
 
 
 def padded_vocab_size(n: int) -> int:
-    """The head's size for a tokenizer of ``n`` ids: a multiple of 64 (GPT-2's 50257 -> 50304), as nanoGPT.
+    """The head's size for a tokenizer of ``n`` ids: a multiple of 64 (GPT-2's 50257 -> 50304).
 
     GPU matmul kernels run fastest on multiples of 64, so the head and embedding get a few
     never-seen rows (sampling masks them). Vocabularies under 1024 stay exact: a character

@@ -12,8 +12,8 @@ token is ``tokens[start:n]``:
 Learned positions make cached keys position-dependent, so the cache cannot slide; rotary
 keys could, but their deeper layers were computed with the older context. Re-prefilling
 is exact for both, and doing it every ``block_size - window_keep`` tokens keeps its cost
-amortised. ``window_keep = block_size`` gives nanoGPT's crop-every-step behaviour (a full
-forward per token past the window). Between slides each step feeds only the token sampled
+amortised. ``window_keep = block_size`` crops at every step instead (a full forward per
+token past the window). Between slides each step feeds only the token sampled
 the step before, so a decode step is one (B, 1) forward with no slicing or copying of the
 context. The uncached path (``use_cache=False``) applies the same
 policy with a full forward per token, so both paths produce the same tokens.
@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
-from runtime.errors import DeviceError
+from runtime.errors import CheckpointError, DeviceError
 from runtime.memory import ensure_fits
 
 from .kv_cache import KVCache
@@ -128,6 +128,16 @@ def cast_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
             p.data = p.data.to(dtype)
 
 
+def prepare_for_decoding(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """Put ``model`` in eval mode on ``device`` with its weights as ``decode_precision`` says for ``dtype``;
+    returns the dtype to autocast to around generation (float32: none)."""
+    model.eval().to(device)
+    weights_dtype, use_autocast = decode_precision(device.type, dtype)
+    if weights_dtype != torch.float32:
+        cast_weights(model, weights_dtype)
+    return dtype if use_autocast else torch.float32
+
+
 def cache_length(block_size: int, prompt_len: int, max_new_tokens: int, multiple: int = 64) -> int:
     """Slots the KV cache needs: prompt + new tokens rounded up to ``multiple`` (fewer graphs to compile
     across generations), never more than the window of ``block_size``."""
@@ -161,6 +171,21 @@ def generation_bytes(config: "GPTConfig", batch_size: int, prompt_len: int, max_
     tokens = 8 * batch_size * (prompt_len + max_new_tokens)
     logits = 2 * 4 * batch_size * config.vocab_size
     return kv_cache + tokens + logits
+
+
+def check_generation_fits(config: "GPTConfig", tokenizer_vocab: int, batch_size: int, prompt_len: int,
+                          max_new_tokens: int, dtype: torch.dtype, device: str, keep_tokens: bool = False,
+                          fix: str = "generate fewer samples or tokens, or use a machine with more memory") -> None:
+    """Refuse, before the model exists, a tokenizer that is not the model's or a job ``device`` cannot hold
+    (the model, ``generation_bytes``, and with ``keep_tokens`` every sampled id kept until the end)."""
+    if tokenizer_vocab > config.vocab_size:
+        raise CheckpointError(f"the checkpoint's tokenizer has {tokenizer_vocab} tokens but its model only "
+                              f"{config.vocab_size}: the run folder mixes files from different runs")
+    need = config.model_bytes() + generation_bytes(config, batch_size, prompt_len, max_new_tokens, dtype.itemsize)
+    if keep_tokens:
+        need += 8 * batch_size * max_new_tokens
+    ensure_fits(need, device, f"{batch_size} sample(s) of {max_new_tokens:,} tokens with this model "
+                f"({config.num_params() / 1e6:,.1f}M parameters)", fix)
 
 
 @functools.cache
@@ -280,7 +305,7 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
 
 def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
              callback: Callable[[torch.Tensor], None] | None = None, **kwargs) -> torch.Tensor:
-    """Continue ``idx`` (B, T); returns (B, T + new) like nanoGPT's generate.
+    """Continue ``idx`` (B, T); returns (B, T + new): the prompt and its continuation.
 
     ``callback`` (if given) receives each step's (B,) tokens as they are sampled. ``new`` is
     ``max_new_tokens`` unless every row hit a stop id first. Keyword arguments are those of

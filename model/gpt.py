@@ -10,6 +10,7 @@ nkv key/value heads, hs head size, V vocab.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Iterator
 
 import torch
@@ -268,6 +269,26 @@ class GPT(nn.Module):
         finally:
             self.train(was_training)
         return torch.stack(maps)
+
+    # ------------------------------------------------------------------ loading and saving
+
+    @classmethod
+    def from_pretrained(cls, name_or_folder: str | os.PathLike, **overrides: Any) -> "GPT":
+        """A quillgpt run folder, a local Hugging Face GPT-2 folder or a hub name (gpt2 ... gpt2-xl),
+        float32 on the CPU; ``overrides`` replace config fields (``dropout=0.1``).
+
+        The formats live in model/checkpoint.py, which imports this module: imported here, on use.
+        """
+        from .checkpoint import from_pretrained
+
+        return from_pretrained(os.fspath(name_or_folder), **overrides)
+
+    def save_pretrained(self, folder: str | os.PathLike, extra: dict[str, Any] | None = None) -> None:
+        """Write ``config.json`` + ``model.safetensors`` to ``folder`` in the run-folder format, atomically;
+        ``GPT.from_pretrained(folder)`` reads it back. ``extra``: more config.json keys (a tokenizer spec)."""
+        from .checkpoint import save_model
+
+        save_model(self, folder, extra)
 
     # ------------------------------------------------------------------ bookkeeping
 

@@ -344,3 +344,46 @@ class ThreadGovernor:
         self.trial_from = self.current
         self._apply(target, f"trial ({why})")
         return True
+
+
+# ---------------------------------------------------------------------------- generation's policy
+
+SMALL_MODEL = 20_000_000  # parameters; below this, one CPU thread generates at least as fast as several
+
+
+def choose_threads(requested: int, n_params: int, compiled: bool) -> ThreadGovernor | None:
+    """Threads for generating on the CPU: ``requested`` > 0 is exactly that many (returns None);
+    0 = auto: a governor over the decode steps that starts at 1 thread for a small model (unless
+    $OMP_NUM_THREADS says otherwise), else at torch's default, and moves with the machine's load.
+
+    A small model's eager decode step is a chain of tiny matmuls that lose more to thread
+    hand-offs than they gain. A compiled decode step keeps torch's default and no governor: its
+    fused loops are built for a fixed thread count, and they do use every core.
+    """
+    import torch
+
+    if requested > 0:
+        torch.set_num_threads(requested)
+        return None
+    top = torch.get_num_threads()
+    if compiled or top == 1:
+        return None
+    small = n_params < SMALL_MODEL and "OMP_NUM_THREADS" not in os.environ
+    return ThreadGovernor(top, start=1 if small else top, load=OtherLoad().cores)
+
+
+def thread_moves(governor: ThreadGovernor | None) -> str:
+    """'; threads 1 -> 2 at 3.1 s (trial (load gone)), ...': what the governor did, if anything."""
+    if governor is None or len(governor.history) < 2:
+        return ""
+    moves = [f"{threads} at {at:.1f} s ({why})" for at, threads, why in governor.history[1:]]
+    return f"; threads {governor.history[0][1]} -> " + ", ".join(moves)
+
+
+def thread_note(governor: ThreadGovernor | None) -> str:
+    """'2 threads', or '1 thread at first, up to 2: governed' while a governor decides."""
+    import torch
+
+    n = torch.get_num_threads()
+    note = f"{n} thread{'s' if n > 1 else ''}"
+    return note if governor is None else f"{note} at first, up to {governor.top}: governed"

@@ -33,9 +33,16 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 
-def opt(default: Any, help: str, *, aliases: Sequence[str] = (), choices: Sequence[Any] | None = None) -> Any:
-    """A dataclass field with a help string (and optional aliases and allowed values)."""
-    meta = {"help": help, "aliases": tuple(aliases), "choices": tuple(choices) if choices else None}
+def opt(default: Any, help: str, *, aliases: Sequence[str] = (), choices: Sequence[Any] | None = None,
+        flag: tuple[str, str] | None = None) -> Any:
+    """A dataclass field with a help string (and optional aliases and allowed values).
+
+    ``flag=(on, off)``: a str option that also reads as an on/off switch, for a choice such as
+    auto|true|false: a bare ``--key`` means ``on``, ``--no-key`` means ``off``, and the words a
+    bool option takes (yes, 1, off, ...) mean ``on`` or ``off``.
+    """
+    meta = {"help": help, "aliases": tuple(aliases), "choices": tuple(choices) if choices else None,
+            "flag": tuple(flag) if flag else None}
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -133,6 +140,33 @@ def check_seed(seed: int | None, key: str = "seed") -> None:
     """UsageError unless ``seed`` is None or in the documented range [0, 2**63)."""
     if seed is not None and not 0 <= seed < SEED_LIMIT:
         raise UsageError(f"--{key}={seed} is out of range; give a whole number from 0 to 2**63-1")
+
+
+def read_text(spec: str, option: str = "--prompt", what: str = "prompt",
+              notice: Callable[[str], None] | None = None) -> str:
+    """A text option's value: literal, ``FILE:path`` (a UTF-8 file) or ``-`` (all of stdin, UTF-8).
+
+    ``notice`` hears a hint when stdin is a terminal (the program seems to hang otherwise).
+    """
+    if spec == "-":
+        if sys.stdin is None:  # started with stdin closed (`<&-`)
+            raise UsageError(f"{option} -: stdin is closed; pipe the {what} in, or give {option}=TEXT or FILE:path")
+        if sys.stdin.isatty() and notice is not None:
+            notice(f"reading the {what} from stdin; end it with Ctrl-D")
+        data = sys.stdin.buffer.read()
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{option} -: stdin is not UTF-8 text ({e})") from None
+    if spec.startswith("FILE:"):
+        path = Path(spec[len("FILE:"):]).expanduser()
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise UsageError(f"{option} FILE:{path}: cannot read the {what} file ({reason}); "
+                             "give FILE:path to a readable UTF-8 text file") from None
+    return spec
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -243,15 +277,17 @@ def _split_argv(argv: list[str], table: dict[str, dataclasses.Field], alias: dic
         if key not in table:
             raise UsageError(f"unknown option --{body.partition('=')[0]}{_suggest(key, names)}")
         base, _ = _unwrap_optional(table[key].type)
+        flag = table[key].metadata.get("flag")
         if negated:
-            if base is not bool or eq:
+            if eq or (base is not bool and not flag):
                 raise UsageError(f"--no-{key} only works for on/off options")
-            cli.append((key, False))
+            cli.append((key, flag[1] if flag else False))
             continue
         if not eq:
             nxt = argv[i] if i < len(argv) else None
-            if base is bool and (nxt is None or nxt.startswith("--") or nxt.lower() not in _TRUE | _FALSE):
-                cli.append((key, True))
+            words = _TRUE | _FALSE | set(table[key].metadata.get("choices") or ())
+            if (base is bool or flag) and (nxt is None or nxt.startswith("--") or nxt.lower() not in words):
+                cli.append((key, flag[0] if flag else True))
                 continue
             if nxt is None:
                 raise UsageError(f"--{key} needs a value ({type_name(table[key].type)})")
@@ -280,6 +316,9 @@ def _resolve_values(table: dict[str, dataclasses.Field], alias: dict[str, str], 
             lists_seen.add(key)
         values[key] = v
     for key, v in values.items():
+        flag = table[key].metadata.get("flag")
+        if flag and isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
+            v = values[key] = flag[0] if v.strip().lower() in _TRUE else flag[1]
         choices = table[key].metadata.get("choices")
         if choices and v is not None and v not in choices:
             raise UsageError(f"--{key}: {v!r} is not one of {', '.join(map(str, choices))}")
@@ -304,6 +343,8 @@ def format_help(cls: type, prog: str, description: str = "", config_files: bool 
             extra.append("one of: " + ", ".join(map(str, meta["choices"])))
         if meta.get("aliases"):
             extra.append("alias: " + ", ".join("--" + a for a in meta["aliases"]))
+        if meta.get("flag"):
+            extra.append(f"--{name} = {meta['flag'][0]}, --no-{name} = {meta['flag'][1]}")
         head = f"  --{name} ({type_name(f.type)}, default {default!r})"
         lines.append(head)
         lines.append("      " + meta.get("help", "") + (f" [{'; '.join(extra)}]" if extra else ""))

@@ -385,7 +385,7 @@ def test_from_pretrained_loads_a_quillgpt_run_folder_with_overrides(tmp_path: Pa
     loaded = from_pretrained(str(tmp_path)).eval()
     idx = torch.randint(0, 50, (2, 16))
     torch.testing.assert_close(loaded(idx)[0], model(idx)[0], rtol=0, atol=0)
-    # overrides reach a run folder's config (before the restructure they were dropped for run folders)
+    # overrides reach a run folder's config, as they do a GPT-2 folder's
     tuned = from_pretrained(str(tmp_path), dropout=0.1)
     assert tuned.config.dropout == 0.1 and same_weights(tuned, model)
 

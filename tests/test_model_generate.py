@@ -355,8 +355,8 @@ def F_rms_norm_is_fp32() -> bool:
 
 
 def test_fixed_shape_cache_write_under_a_cuda_like_autocast(cuda_autocast_rms_norm) -> None:
-    """The compiled step's write (index_copy_ at input_pos) needs one dtype for cache and keys: with fp32
-    keys for a cache of v's bf16 it failed on CUDA (`sample.py --compile`, modern checkpoint)."""
+    """The compiled step's write (index_copy_ at input_pos) needs one dtype for cache and keys: under a
+    CUDA-like autocast a modern model's normed keys come out fp32 while its values are bf16."""
     model = tiny("modern")
     idx = prompt(1, 8, seed=2)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -473,3 +473,35 @@ def test_vocab_limit_never_samples_padded_ids(use_cache: bool) -> None:
     for temperature in (0.0, 1.0):
         limited = model.generate(idx, 20, temperature=temperature, seed=1, vocab_limit=40, use_cache=use_cache)
         assert int(limited[:, 4:].max()) < 40
+
+
+# ---------------------------------------------------------------------------- before generating
+
+
+def test_check_generation_fits_counts_model_cache_and_kept_tokens(monkeypatch) -> None:
+    from model.generate import check_generation_fits, generation_bytes
+    from runtime.errors import CheckpointError, DeviceError
+    from runtime.memory import MEMORY_ENV
+
+    cfg = GPTConfig.classic(block_size=64, vocab_size=100, n_layer=2, n_head=2, n_embd=32)
+    with pytest.raises(CheckpointError, match="tokenizer has 101 tokens but its model only 100"):
+        check_generation_fits(cfg, 101, 1, 4, 10, torch.float32, "cpu")
+    # what it must hold, counted here from the shapes: fp32 weights, the cache, tokens, logits; kept ids
+    need = 4 * cfg.num_params() + 8 * 64 + generation_bytes(cfg, 3, 4, 1000, 4)  # + the position ids
+    kv = 2 * 2 * 3 * 2 * 64 * 16 * 4
+    assert generation_bytes(cfg, 3, 4, 1000, 4) == kv + 8 * 3 * 1004 + 2 * 4 * 3 * 100
+    monkeypatch.setenv(MEMORY_ENV, str(need + 8 * 3 * 1000))
+    check_generation_fits(cfg, 100, 3, 4, 1000, torch.float32, "cpu", keep_tokens=True)  # exactly enough
+    with pytest.raises(DeviceError, match="3 sample\\(s\\) of 1,001 tokens.*fewer please"):
+        check_generation_fits(cfg, 100, 3, 4, 1001, torch.float32, "cpu", keep_tokens=True, fix="fewer please")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepare_for_decoding_on_cpu_keeps_fp32_weights_under_autocast(dtype) -> None:
+    from model.generate import prepare_for_decoding
+
+    model = tiny("modern").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert prepare_for_decoding(model, torch.device("cpu"), dtype) == dtype  # fp32: float32 means no autocast
+    assert not model.training
+    assert all(torch.equal(before[k], v) and v.dtype == before[k].dtype for k, v in model.state_dict().items())

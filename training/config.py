@@ -102,7 +102,8 @@ class TrainConfig(DataOptions):
     fsdp: bool = opt(False, "under torchrun, shard parameters, gradients and optimizer state across processes "
                             "(PyTorch FSDP2) instead of a whole copy per process (DDP): for models whose AdamW state "
                             "outgrows one GPU. Needs --optimizer=adamw")
-    compile: str = opt("auto", "torch.compile the model: auto (on for CUDA, off for CPU), true, false")
+    compile: str = opt("auto", "torch.compile the model: auto (on for CUDA, off for CPU), true, false",
+                       flag=("true", "false"))
     seed: int = opt(1337, "seed for init, dropout and data order (0 to 2**63-1)")
     threads: int = opt(0, "CPU threads for torch ops; 0 = auto: start with torch's default (one per core, or "
                           "$OMP_NUM_THREADS) and let a governor time the steps and move to fewer threads while "

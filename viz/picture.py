@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from runtime.atomic import atomic_write_bytes
+from runtime.errors import UsageError
 from viz.tokens import token_labels, token_text
 
 FORMATS = (".png", ".html")
@@ -104,3 +105,18 @@ def render(view: AttentionView, fmt: str) -> bytes:
 def write_picture(path: str | os.PathLike, view: AttentionView) -> None:
     """Write ``view`` to ``path`` atomically, as the extension says (.png or .html)."""
     atomic_write_bytes(path, render(view, Path(path).suffix.lower()))
+
+
+def draw_sample(path: str, model: Any, tok: Any, ids: Sequence[int], n_prompt: int,
+                steps: Sequence[dict[str, Any]] = (), settings: dict[str, Any] | None = None,
+                title: str = "") -> AttentionView:
+    """Draw a generated text's attention (and its sampler steps) to ``path`` (.png or .html), cropped to
+    what that format shows well; the view drawn. A path that cannot be written is a UsageError."""
+    cfg = model.config
+    view = attention_view(model, tok, ids, n_prompt, steps, settings, title=title,
+                          max_tokens=window_tokens(cfg.n_layer, cfg.n_head, cfg.block_size, Path(path).suffix.lower()))
+    try:
+        write_picture(path, view)
+    except OSError as e:
+        raise UsageError(f"--attention={path}: cannot write the file ({e.strerror or e}); pick another path") from None
+    return view
