@@ -28,7 +28,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from runtime.atomic import atomic_dir, atomic_write_json
+from runtime.atomic import atomic_dir, atomic_write_json, remove_stale_dirs
 from data.options import CACHE_ENV, DataOptions
 from data.sources import Corpus, UnknownDataset, open_corpus
 from data.tokenfile import capped, token_dtype, with_separator, write_splits
@@ -202,10 +202,17 @@ def _reusable(opts: PrepareOptions, folder: Path) -> bool:
     return True
 
 
+def cannot_write(error: OSError, where: Path) -> DataError:
+    """The one line for a write that failed while preparing ``where`` (disk full, read-only, permissions)."""
+    return DataError(f"cannot write {error.filename or where}: {error.strerror or error}; nothing was replaced "
+                     "(free some disk space or choose another --data_dir, then run again)")
+
+
 def prepare(opts: PrepareOptions) -> Path:
     """Build the prepared folder for ``opts`` (atomically) unless a complete one exists; return it."""
     folder = dataset_dir(opts)
     if _reusable(opts, folder):
+        remove_stale_dirs(folder)  # a killed --force rebuild's unfinished folder
         print(f"already prepared: {folder} (pass --force to rebuild)", file=sys.stderr)
         return folder
     check_target(folder)
@@ -225,8 +232,7 @@ def prepare(opts: PrepareOptions) -> Path:
             with contextlib.suppress(OSError):
                 folder.parent.rmdir()  # only if empty: don't leave a bare <dataset>/ behind a failed first build
         if isinstance(e, OSError):  # disk full, read-only: the old folder (if any) is untouched
-            raise DataError(f"cannot write {folder}: {e.strerror or e}; nothing was replaced (free some space or "
-                            "choose another --data_dir)") from None
+            raise cannot_write(e, folder) from None
         raise
     meta = load_meta(folder)
     print(f"wrote {folder}: vocab {meta['vocab_size']}, train {meta['train_tokens']:,} tokens, "
@@ -259,7 +265,10 @@ def already_prepared(opts: PrepareOptions) -> str:
 def ensure_prepared(opts: PrepareOptions) -> Path:
     """Like prepare(), but silent when the folder is already there (train.py calls this)."""
     folder = dataset_dir(opts)
-    return folder if _reusable(opts, folder) else prepare(opts)
+    if not _reusable(opts, folder):
+        return prepare(opts)
+    remove_stale_dirs(folder)  # a killed --force rebuild's unfinished folder
+    return folder
 
 
 def _lock_is_stale(lock: Path) -> bool:
@@ -290,8 +299,8 @@ def prepare_exclusively(opts: PrepareOptions, poll: float = 2.0, timeout: float 
     deadline = None if timeout is None else time.monotonic() + timeout
     told = False
     while not _reusable(opts, folder):
-        lock.parent.mkdir(parents=True, exist_ok=True)
         try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             if _lock_is_stale(lock):
@@ -305,12 +314,21 @@ def prepare_exclusively(opts: PrepareOptions, poll: float = 2.0, timeout: float 
                 told = True
             time.sleep(poll)
             continue
+        except OSError as e:  # disk full, read-only, permissions: the folder could not be built either
+            raise cannot_write(e, lock) from None
         try:
-            os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
-            os.close(fd)
+            try:
+                os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+            except OSError as e:
+                raise cannot_write(e, lock) from None
+            finally:
+                os.close(fd)
             return ensure_prepared(opts)
         finally:
             lock.unlink(missing_ok=True)
+    if lock.is_file() and _lock_is_stale(lock):  # a builder killed after another process finished the folder
+        with contextlib.suppress(OSError):
+            lock.unlink()
     return folder
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from data.sources import Piece
 from data.tokenizer import Tokenizer
+from runtime.atomic import naming
 
 DOC_SEPARATOR_TEXT = "\n\n"  # what ends a document when the tokenizer has no EOT (char)
 CHUNK_CHARS = 1 << 20  # text per task sent to a worker: big enough to amortize IPC
@@ -166,12 +167,14 @@ class TokenWriter:
 
     def write(self, ids: list[int]) -> None:
         data = np.asarray(ids, dtype=self.dtype).tobytes()
-        self._f.write(data)
+        with naming(self.path):
+            self._f.write(data)
         self._sha.update(data)
         self.tokens += len(ids)
 
     def close(self) -> dict:
-        self._f.close()
+        with naming(self.path):
+            self._f.close()
         return {"tokens": self.tokens, "sha256": self._sha.hexdigest()}
 
 

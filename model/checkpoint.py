@@ -25,15 +25,18 @@ import json
 import os
 import pickle
 import shlex
+import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from runtime.atomic import atomic_open, atomic_path, atomic_write_json
+from runtime.atomic import atomic_open, atomic_write_json, os_failure
 from runtime.errors import CheckpointError
 from runtime.memory import ensure_fits
 from runtime.paths import member
@@ -234,12 +237,59 @@ def build_model(config: GPTConfig, where: str | Path) -> GPT:
 
 @contextlib.contextmanager
 def writing(path: Path) -> Iterator[None]:
-    """OSError while writing ``path`` (disk full, read-only, permissions) -> CheckpointError; the old file stays."""
+    """A failed write inside (disk full, too large, read-only, permissions) -> CheckpointError naming the file.
+
+    Whatever the writer raised (see runtime.atomic.os_failure); the file's previous version stays,
+    the temp file is gone, and the message says how to go on from the run's last train state.
+    """
     try:
         yield
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; the previous file was kept "
-                              "(free some disk space or fix the folder, then resume)") from None
+    except Exception as e:
+        failure = os_failure(e)
+        if failure is None:
+            raise
+        name = Path(failure.filename or path)
+        run = name if name.is_dir() else name.parent
+        run = run.parent if run.name == BEST_DIR else run
+        how = "resume the run with --init_from=resume" if (run / STATE_FILE).is_file() else \
+            "start the run over with --overwrite, since it saved no train state yet"
+        raise CheckpointError(f"cannot write {name}: {failure.strerror or failure}; the previous file was kept "
+                              f"(free some disk space or fix the folder's permissions, then {how})") from None
+
+
+# safetensors' names of the dtypes a state dict holds
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                       torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                       torch.uint8: "U8", torch.bool: "BOOL"}
+
+
+def _write_safetensors(f: Any, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Stream ``tensors`` into the open file ``f`` in the safetensors format, one tensor at a time.
+
+    Not safetensors' ``save_file``: it writes a temp file of its own beside the target and renames
+    it, which a kill would leave behind under a name no cleanup knows (and with mode 0600); nor
+    ``save``, which builds the whole file as bytes in memory first. Layout as the library's: an
+    8-byte little-endian header length, the JSON header padded with spaces to 8 bytes, then the
+    tensors' bytes back to back, widest dtype first so each starts aligned to its element size.
+    """
+    if sys.byteorder != "little":  # the format is little-endian; let the library swap the bytes
+        f.write(safetensors_bytes(tensors, metadata=metadata))
+        return
+    names = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for k in names:
+        t = tensors[k]
+        size = t.numel() * t.element_size()
+        header[k] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    f.write(struct.pack("<Q", len(raw)))
+    f.write(raw)
+    for k in names:
+        if tensors[k].numel():
+            f.write(tensors[k].reshape(-1).view(torch.uint8).numpy())  # the tensor's own memory, not a copy
 
 
 def save_model(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any] | None = None,
@@ -250,8 +300,8 @@ def save_model(model: torch.nn.Module, folder: str | Path, extra: dict[str, Any]
     ``tensors``: the state dict to write when it was gathered elsewhere (see ``state_tensors``).
     """
     folder = Path(folder)
-    with writing(folder / WEIGHTS_FILE), atomic_path(folder / WEIGHTS_FILE) as tmp:  # streamed: no copy in memory
-        save_file(state_tensors(model, tensors), str(tmp), metadata={"format": "pt"})
+    with writing(folder / WEIGHTS_FILE), atomic_open(folder / WEIGHTS_FILE, "wb") as f:
+        _write_safetensors(f, state_tensors(model, tensors), {"format": "pt"})
     with writing(folder / CONFIG_FILE):
         atomic_write_json(folder / CONFIG_FILE, {"model": unwrap(model).config.to_dict(), **(extra or {})})
 
@@ -278,7 +328,7 @@ def save_train_state(folder: str | Path, state: dict[str, Any]) -> None:
     ``weights_only=True``.
     """
     with writing(Path(folder) / STATE_FILE), atomic_open(Path(folder) / STATE_FILE, "wb") as f:
-        torch.save({"format": STATE_FORMAT, **state}, f)
+        torch.save({"format": STATE_FORMAT, **state}, f)  # into the open file: torch keeps no temp file of its own
 
 
 def load_train_state(folder: str | Path) -> dict[str, Any]:

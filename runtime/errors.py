@@ -30,3 +30,15 @@ class CheckpointError(QuillError, ValueError):
 
 class DeviceError(QuillError):
     """A device or precision this machine or torch build does not have."""
+
+
+class WriteError(QuillError, OSError):
+    """A file that cannot be written (disk full, too large, read-only, permissions); its previous version stays.
+
+    An OSError too (``errno``, ``strerror``, ``filename``: the final name, never a temp), so code
+    that handles OSErrors of a whole phase handles this one with them.
+    """
+
+    def __str__(self) -> str:
+        return (f"cannot write {self.filename}: {self.strerror}; the previous file was kept "
+                "(free some disk space or fix the folder's permissions, then run again)")

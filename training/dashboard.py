@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from model.checkpoint import METRICS_FILE, PLOT_FILE
-from runtime.atomic import atomic_write_bytes
+from runtime.atomic import atomic_write_bytes, naming
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s), keyed by a substring of torch.cuda.get_device_name().
 # More specific names come first: "H100 PCIe" must win over "H100".
@@ -81,12 +81,15 @@ class MetricsLog:
         self.t0 = t0
         if keep_until is not None:
             truncate_metrics(self.path, keep_until)
-        self._f = open(self.path, "a", encoding="utf-8")
+        # unbuffered: a record the disk refused is reported by write() and never retried by close()
+        self._f = open(self.path, "ab", buffering=0)
 
     def write(self, event: str, now: float, **fields: Any) -> None:
         record = {"event": event, **fields, "time": round(now - self.t0, 4)}
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        with naming(self.path):
+            while data:  # a raw write may take only part of it
+                data = data[self._f.write(data):]
 
     def close(self) -> None:
         self._f.close()

@@ -3,11 +3,12 @@
 - ``check_out_dir``, before anything is written anywhere: the folder can be written; a new run
   never lands on an existing run unless ``--overwrite`` says so; a resume has a train state to
   resume from (and says precisely what to do when the run never saved one); no member of the
-  folder is a link that leads out of it.
+  folder is a link that leads out of it. First of all, it deletes the temp files a killed run
+  left behind (``remove_run_temps``), so that no way out, a refusal included, leaves them there.
 - ``check_same_tokenizer``: a resume refuses data whose tokenizer is not the run's, before the
   run's tokenizer file (or anything else) is rewritten.
 - ``start_writing``: what a run does to its folder when it starts: for ``--overwrite``, delete
-  the old run's files (only those, by name); delete temp files a killed run left behind.
+  the old run's files (only those, by name).
 
 The file format itself (names, save and load) belongs to ``model.checkpoint``.
 """
@@ -41,6 +42,8 @@ def check_out_dir(cfg: TrainConfig, master: bool = True) -> None:
     ``master``: only the process that writes the folder checks that it can write it.
     """
     out = Path(cfg.out_dir)
+    if master and not cfg.eval_only:
+        remove_run_temps(out)
     if cfg.init_from == "resume":
         check_resumable(out)
     if not master or cfg.eval_only:
@@ -102,12 +105,22 @@ def check_same_tokenizer(out: Path, state: dict[str, Any], data_spec: dict[str, 
                          "or start a new --out_dir")
 
 
+def remove_run_temps(out: Path) -> list[str]:
+    """Delete the temp files killed writers left in ``out`` and ``out/best`` (only atomic_open's own names
+    for a run's files, only those no live writer holds); return them, relative to ``out``."""
+    names = (*RUN_FILES, *TOKENIZER_FILES)
+    removed = remove_stale_temps(out, names)
+    with contextlib.suppress(CheckpointError):
+        removed += remove_stale_temps(run_member(out, BEST_DIR), names)  # never through a link out of the folder
+    return [str(p.relative_to(out)) for p in removed]
+
+
 def start_writing(out: Path, overwrite: bool) -> list[str]:
     """Make ``out`` ready for this run's files; return what was deleted.
 
     With ``overwrite`` (a new run replacing an old one, which check_out_dir let through) the old
     run's files go, by name only: its checkpoints, train state, tokenizer, metrics, plot and best/.
-    Temp files a killed run left behind go in any case (only atomic_open's own names).
+    (Temp files a killed run left behind went already, in check_out_dir.)
     """
     out.mkdir(parents=True, exist_ok=True)
     deleted = []
@@ -121,9 +134,4 @@ def start_writing(out: Path, overwrite: bool) -> list[str]:
             else:
                 continue
             deleted.append(name)
-    names = (*RUN_FILES, *TOKENIZER_FILES)
-    removed = remove_stale_temps(out, names)
-    with contextlib.suppress(CheckpointError):
-        best = run_member(out, BEST_DIR)
-        removed += remove_stale_temps(best, names)
-    return deleted + [str(p.relative_to(out)) for p in removed]
+    return deleted
