@@ -13,8 +13,8 @@ process dying at the worst moments on purpose):
   there is no checkpoint yet; ``metrics.jsonl``'s iterations never go backwards; the work lost
   (last logged iteration minus the train state's) is at most one save interval.
 - then the documented command, ``python train.py --init_from=resume --out_dir=DIR``, continues
-  the run; when the run never saved a checkpoint it refuses in one line, and the run starts over
-  with ``--overwrite`` as that line says.
+  the run; when the run never saved a checkpoint it refuses in one line, leaving no temp file of
+  the killed run behind, and the run starts over with ``--overwrite`` as that line says.
 - at the end of every chain of kills and resumes: the run finishes, no temp file is left, and its
   weights (latest and best/) and its metrics are bit-identical to a run that was never killed.
 
@@ -43,7 +43,7 @@ EVAL_INTERVAL = 4
 TINY = ["--n_layer=2", "--n_head=2", "--n_embd=32", "--block_size=16", "--batch_size=8", "--eval_iters=2",
         "--sample_tokens=0", "--device=cpu", "--dtype=float32", "--log_interval=1", "--threads=1",
         "--warmup_iters=2", f"--eval_interval={EVAL_INTERVAL}"]
-FIRST_CHECKPOINT_EVENTS = (10, 27)  # fsync/replace events of a fresh run's first save (see first_checkpoint_kill)
+FIRST_CHECKPOINT_EVENTS = (16, 33)  # fsync/replace events of a fresh run's first save (see first_checkpoint_kill)
 
 
 # ---------------------------------------------------------------------------- the fork server (child side)
@@ -291,6 +291,8 @@ class Harness:
         reasons = ("before its first train state was saved", "does not exist", "no train_state.pt in")
         if result["code"] != 2 or len(lines) != 1 or not any(r in lines[0] for r in reasons):
             self.problem(f"{folder.name}: resume of a never-saved run gave {result['code']}: {lines}")
+        if temp_files(folder):  # a refusal is a way out too: the killed run's temp files must not outlive it
+            self.problem(f"{folder.name}: temp files left after the refused resume: {temp_files(folder)}")
 
     def check_finished(self, folder: Path, reference: Path) -> None:
         f = self.figures
@@ -313,9 +315,10 @@ class Harness:
         return {"kill_at_event": self.rng.randint(1, 45)}
 
     def first_checkpoint_kill(self) -> dict[str, Any]:
-        """A fresh run's I/O events: 1-3 its tokenizer, 4-6 loss.png at iter 0, 7-9 loss.png at the first save's
-        eval, then best/ (tokenizer, weights, config.json), model.safetensors, config.json and train_state.pt,
-        three events each (fsync the temp file, rename it, fsync the folder): 10-27 are the first checkpoint."""
+        """A fresh run's I/O events, three per file (fsync the temp file, rename it, fsync the folder): 1-3 its
+        tokenizer, 4-9 loss.png and attention.png at iter 0, 10-15 both again at the first save's eval, then
+        best/ (tokenizer, weights, config.json), model.safetensors, config.json and train_state.pt: 16-33 are
+        the first checkpoint."""
         return {"kill_at_event": self.rng.randint(*FIRST_CHECKPOINT_EVENTS)}
 
     def chain(self, name: str, max_iters: int, reference: Path, kills: list[dict[str, Any]]) -> None:

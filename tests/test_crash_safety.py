@@ -2,7 +2,8 @@
 
 ``bench/crash_harness.py`` does the killing and the checking (see its docstring); this test runs
 it with 24 kills, six of them inside a fresh run's first checkpoint, and asserts the figures.
-A second test does one kill the plain way: ``python train.py`` in a subprocess, SIGKILL, then
+Another kills a fresh run while it writes its first train_state.pt: the refused resume that
+follows must not leave that write's temp file behind. A last test does one kill the plain way: ``python train.py`` in a subprocess, SIGKILL, then
 the documented resume command, and compares the result with a run that was never killed.
 """
 
@@ -20,7 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.crash_harness import EVAL_INTERVAL, POEM, TINY, Harness, comparable, read_metrics, report
+from bench.crash_harness import (EVAL_INTERVAL, FIRST_CHECKPOINT_EVENTS, POEM, TINY, Harness, comparable,
+                                 read_metrics, report, temp_files)
 from conftest import ROOT
 
 import train
@@ -46,6 +48,35 @@ def test_sigkill_at_24_random_moments_loses_nothing(tmp_path: Path) -> None:
     assert fig.sample_loaded >= 1 and fig.sample_loaded + fig.sample_not_yet == fig.kills
     assert fig.max_lost_iters <= EVAL_INTERVAL
     assert fig.chains >= 2 and fig.chains_identical == fig.chains
+
+
+def test_a_refused_resume_removes_the_temp_file_of_the_killed_first_save(tmp_path: Path) -> None:
+    """Killed inside its first train_state.pt write (the last file of the first checkpoint): resume refuses,
+    rightly (there is no train state), in one line, and takes the killed write's temp file with it."""
+    from data import prepare
+    from model.checkpoint import load_model
+
+    harness = Harness(tmp_path, seed=0, env=ENV)
+    folder = tmp_path / "run"
+    try:
+        # prepared beforehand, as in the harness's soak: the run's I/O events are then its own only
+        assert prepare.main(harness.base(1)[:3]) == 0
+        # the last three I/O events of the first save are train_state.pt's: fsync its temp, rename, fsync the folder
+        result, out = harness.run("train", [*harness.base(2 * EVAL_INTERVAL), f"--out_dir={folder}"],
+                                  kill_at_event=FIRST_CHECKPOINT_EVENTS[1] - 2)
+        assert result["killed"], out[-2000:]
+        assert not (folder / "train_state.pt").exists()
+        left = temp_files(folder)
+        assert len(left) == 1 and left[0].startswith(".train_state.pt."), left  # the kill landed in that write
+        result, out = harness.run("train", ["--init_from=resume", f"--out_dir={folder}"])
+    finally:
+        harness.close()
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert result["code"] == 2 and len(lines) == 1, out
+    assert "before its first train state was saved" in lines[0] and "--overwrite" in lines[0]
+    assert temp_files(folder) == []
+    model, meta = load_model(folder)  # what the first save did finish still loads
+    assert meta["iter"] == EVAL_INTERVAL
 
 
 def test_python_train_py_killed_then_resumed_with_the_documented_command(tmp_path: Path) -> None:
