@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shlex
 import shutil
 import signal
 import subprocess
@@ -625,3 +626,91 @@ def test_a_tiny_temperature_samples_greedily_instead_of_failing(world: Path, cap
         assert e.value.code == 0
         texts.append(capsysbinary.readouterr().out)
     assert texts[0] == texts[1] and len(texts[0]) > 10
+
+
+# ---------------------------------------------------------------------------- a really full disk
+
+FULL_DISK_TRAIN = ["--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=32", "--batch_size=8",
+                   "--eval_iters=2", "--sample_tokens=0", "--device=cpu", "--dtype=float32", "--threads=1",
+                   "--log_interval=1"]
+
+
+def _on_a_small_disk(tmp_path: Path, size_kb: int, leave_kb: int | None, script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` (sh) with ``$D`` a fresh tmpfs of ``size_kb`` (in a private mount namespace, so the host
+    sees nothing), filled until ``leave_kb`` remain if given. Skips, saying why, where mounts are not allowed."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed: no private tmpfs to fill")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k none {tmp_path}"],
+                           capture_output=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a private tmpfs here ({probe.stderr.decode(errors='replace').strip()[:80]}); "
+                    "test_a_full_disk_during_a_save_is_one_line_and_keeps_the_checkpoint covers it with a size limit")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    fill = "" if leave_kb is None else (
+        'used=$(df -k --output=used "$D" | tail -1); n=$(( ' + str(size_kb) + ' - used - ' + str(leave_kb) + ' )); '
+        '[ "$n" -gt 0 ] && head -c $((n * 1024)) /dev/zero > "$D/filler"; ')
+    body = f'D={shlex.quote(str(mnt))}; mount -t tmpfs -o size={size_kb}k none "$D" || exit 99; {fill}{script}'
+    return subprocess.run(["unshare", "-m", "sh", "-c", body], capture_output=True, env={**ENV, "OMP_NUM_THREADS": "1"},
+                          cwd=tmp_path, timeout=600)
+
+
+def _one_error_line(proc: subprocess.CompletedProcess, tmp_path: Path) -> str:
+    err = (tmp_path / "err.txt").read_text(encoding="utf-8")
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err, err
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def test_training_into_a_600_kb_disk_is_one_line_exit_2(world: Path, tmp_path: Path) -> None:
+    """The issue's reproduction: a fresh 2-layer, 64-wide run into a 600 KB tmpfs. One line naming the file
+    and what to do, exit 2, and no temp file left on that disk."""
+    args = " ".join(shlex.quote(a) for a in ["--dataset=poem", f"--input={world / 'poem.txt'}",
+                                             f"--data_dir={world / 'data'}", *FULL_DISK_TRAIN,
+                                             "--max_iters=4", "--eval_interval=2"])
+    script = (f'{shlex.quote(sys.executable)} {ROOT / "train.py"} --out_dir="$D/run" {args} '
+              f'> out.txt 2> err.txt; echo $? > rc.txt; find "$D" -name ".*.tmp*" > temps.txt')
+    proc = _on_a_small_disk(tmp_path, 600, None, script)
+    assert proc.returncode == 0, proc.stderr
+    line = _one_error_line(proc, tmp_path)
+    assert (tmp_path / "rc.txt").read_text().strip() == "2", line
+    assert "cannot write" in line and "/run/" in line, line
+    assert (tmp_path / "temps.txt").read_text().strip() == ""
+
+
+def test_resuming_on_a_nearly_full_disk_keeps_the_checkpoint_and_resumes_later(world: Path, tmp_path: Path) -> None:
+    """A run resumed where only a few KB are free: one line, exit 2, the previous checkpoint byte for byte;
+    once space is back, the same resume command succeeds."""
+    from model.checkpoint import load_model
+
+    py, tr = shlex.quote(sys.executable), ROOT / "train.py"
+    resume = f'{py} {tr} --out_dir="$D/run" --init_from=resume --data_dir={world / "data"} --max_iters=8'
+    script = (f'cp -r {world / "run"} "$D/run" && {{ used=$(df -k --output=used "$D" | tail -1); '
+              f'n=$(( 4096 - used - 24 )); head -c $((n * 1024)) /dev/zero > "$D/filler"; }}; '
+              f'{resume} > out.txt 2> err.txt; echo $? > rc.txt; find "$D" -name ".*.tmp*" > temps.txt; '
+              f'cp -r "$D/run" after; rm -f "$D/filler"; {resume} > out2.txt 2> err2.txt; echo $? > rc2.txt')
+    proc = _on_a_small_disk(tmp_path, 4096, None, script)
+    assert proc.returncode == 0, proc.stderr
+    line = _one_error_line(proc, tmp_path)
+    assert (tmp_path / "rc.txt").read_text().strip() == "2", line
+    assert "the previous file was kept" in line, line
+    assert (tmp_path / "temps.txt").read_text().strip() == ""
+    for name in ("train_state.pt", "model.safetensors", "config.json"):
+        assert (tmp_path / "after" / name).read_bytes() == (world / "run" / name).read_bytes(), name
+    load_model(tmp_path / "after")  # the kept checkpoint still loads
+    assert (tmp_path / "rc2.txt").read_text().strip() == "0", (tmp_path / "err2.txt").read_text(encoding="utf-8")
+
+
+def test_preparing_data_onto_a_full_disk_is_one_line_exit_2(world: Path, tmp_path: Path) -> None:
+    """data/prepare.py writing its token files into a disk with too little room: one line, exit 2, and no
+    half-built folder or temp file."""
+    script = (f'{shlex.quote(sys.executable)} {ROOT / "data" / "prepare.py"} --dataset=poem '
+              f'--input={world / "poem.txt"} --data_dir="$D/data" > out.txt 2> err.txt; echo $? > rc.txt; '
+              f'find "$D" -name ".*tmp*" > temps.txt; ls "$D/data" 2>/dev/null | grep -v "^\\." > left.txt || true')
+    proc = _on_a_small_disk(tmp_path, 16, 2, script)
+    assert proc.returncode == 0, proc.stderr
+    line = _one_error_line(proc, tmp_path)
+    assert (tmp_path / "rc.txt").read_text().strip() == "2", line
+    assert "cannot write" in line or "No space" in line, line
+    assert (tmp_path / "temps.txt").read_text().strip() == ""
