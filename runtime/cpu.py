@@ -2,17 +2,17 @@
 
 - ``cpu_info()``: the model name and the ISA flags that decide which kernels are fast (no torch).
 - ``probe_cpu()``: fp32 against bf16 matmul speed on one thread at two small shapes, a training
-  matmul and a Muon Gram product (~0.1 s). bf16 is ~5x faster than fp32 on CPUs with AVX-512 BF16 or AMX
-  once matrices are big enough, ~5x slower with AVX-512 but no BF16, ~100x slower with AVX2
-  only, and oneDNN's "bf16 supported" flag is True on all of them, so only a measurement tells.
-  ``bf16_faster`` is the rule; the device module turns it into the run's dtypes.
+  matmul and a Muon Gram product, in a fraction of a second. Whether bf16 is faster or far slower
+  than fp32 depends on the CPU class (native AVX-512 BF16 / AMX, AVX-512 without BF16, AVX2 only),
+  and oneDNN's "bf16 supported" flag is True on all of them, so only a measurement tells.
+  ``bf16_faster`` is the rule; the device module turns it into the run's dtypes. The figures per
+  CPU class are in docs/BENCHMARKS.md.
 - ``ThreadGovernor``: times each step and moves torch's intra-op thread count to whatever is
   fastest now. OpenMP workers spin-wait for each other, so beside one other CPU-bound process
-  every thread of a parallel region waits for the one that was descheduled: a 2-core run measured
-  47x slower with 2 threads and ~2.8x slower with 1. No fixed setting is right both on a quiet
-  and on a busy machine, so the count follows the load. (Environment settings were measured and
-  not adopted: OMP_WAIT_POLICY=PASSIVE halves quiet speed, GOMP_SPINCOUNT=10000 costs 10% of it
-  and still left training 5x slower beside another process.)
+  every thread of a parallel region waits for the one that was descheduled, and all threads can
+  be much slower than one. No fixed setting is right both on a quiet and on a busy machine, so the
+  count follows the load. Global OpenMP settings (a passive wait policy, a short spin count) are
+  not used: they cost quiet speed and do not cure the busy case.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Callable
 
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "sve", "bf16")  # x86, then Arm's names
 # (rows, inner, cols): a default-model MLP matmul (256 of batch x block, 128 wide, 4x128 out), and
-# the X Xᵀ of Muon's Newton-Schulz on a 128 x 512 matrix. Small, so emulated bf16 costs ~20 ms.
+# the X Xᵀ of Muon's Newton-Schulz on a 128 x 512 matrix. Small, so a CPU that emulates bf16 is not kept waiting.
 PROBE_SHAPES = {"train": (256, 128, 512), "muon": (128, 512, 128)}
-BF16_MARGIN = 1.1  # bf16 counts as faster only when at least 10% faster: noise must not flip a 100x choice
+BF16_MARGIN = 1.1  # bf16 counts as faster only when at least 10% faster: timing noise must not flip the choice
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class CpuProbe:
 
 
 def probe_cpu() -> CpuProbe:
-    """Measure both shapes of PROBE_SHAPES (~0.1 s; up to ~0.2 s where bf16 is emulated)."""
+    """Measure both shapes of PROBE_SHAPES (a fraction of a second, a little more where bf16 is emulated)."""
     t = time.perf_counter()
     speeds = {name: matmul_speed(*shape) for name, shape in PROBE_SHAPES.items()}
     return CpuProbe(cpu_info(), speeds, time.perf_counter() - t)
