@@ -196,11 +196,17 @@ def compiled_decode_step(device_type: str = "cpu") -> Callable:
 
 
 def _mark_static(cache: KVCache) -> None:
-    """Tell torch.compile the cache tensors keep their addresses, so a CUDA graph may write them in place."""
+    """Tell torch.compile the cache tensors keep their addresses, so a CUDA graph may write them in place.
+
+    guard=False: a guarded address is an identity guard and a graph attribute, so every new cache
+    (every generate call) would compile the step again, keep the old cache alive in the old graph,
+    and past the recompile limit fall back to eager without a word. Unguarded, one graph serves
+    every cache of the same shape (a CUDA graph re-records for a new address instead).
+    """
     import torch._dynamo
 
     for t in (cache.k, cache.v, *(x for pair in cache.layers for x in pair)):
-        torch._dynamo.mark_static_address(t)
+        torch._dynamo.mark_static_address(t, guard=False)
 
 
 def _check_generation(idx: torch.Tensor, max_new_tokens: int, block: int, window_keep: int | None,
@@ -275,7 +281,7 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
             cache_start = start
             logits, _ = model(tokens[:, start:n], kv_cache=cache, last_only=True)
             cache.advance(n - start)
-            if compile and device.type == "cuda":
+            if compile:  # what CUDA graphs need; marked on every device so CPU runs the same path
                 _mark_static(cache)
         elif not compile:  # decode: only the token sampled last step is new (cache_start + cache.pos == n - 1)
             logits, _ = model(nxt.view(B, 1), kv_cache=cache, last_only=True)

@@ -107,14 +107,18 @@ def resolve_dtype(name: str, device: "torch.device | str", cpu_bf16_pays: Callab
 def resolve_muon_dtype(device: "torch.device | str", cpu_bf16_faster: Callable[[], bool] | None = None) -> str:
     """The dtype Muon orthogonalises in: the one rule, beside ``resolve_dtype``.
 
-    CUDA -> bfloat16 (tensor cores; what torch.optim.Muon always uses); MPS -> float32; CPU ->
-    bfloat16 only if ``cpu_bf16_faster()`` measured bf16 matmuls faster than fp32 on this CPU
-    (runtime/cpu.py), else float32: without native bf16 it made Muon's step ~7x slower.
+    bfloat16 only where it is native, as for the compute dtype: CUDA -> bfloat16 on GPUs with
+    native bf16 (``cuda_has_native_bf16``: tensor cores; what torch.optim.Muon always uses), float32
+    on older ones (V100, T4), where bf16 is emulated; MPS -> float32; CPU -> bfloat16 only if
+    ``cpu_bf16_faster()`` measured bf16 matmuls faster than fp32 on this CPU (runtime/cpu.py), else
+    float32: emulated bf16 makes Muon's step several times slower.
     """
     import torch
 
-    kind = torch.device(device).type
-    if kind == "cuda" or (kind == "cpu" and cpu_bf16_faster is not None and cpu_bf16_faster()):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if cuda_has_native_bf16(device) else "float32"
+    if device.type == "cpu" and cpu_bf16_faster is not None and cpu_bf16_faster():
         return "bfloat16"
     return "float32"
 

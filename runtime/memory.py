@@ -50,15 +50,19 @@ def _cgroup_available() -> int | None:
 def available_bytes(device: str = "cpu") -> int | None:
     """Memory a new allocation on ``device`` can still get, in bytes; None when unknown.
 
-    CUDA: the GPU's free memory (torch.cuda.mem_get_info). Elsewhere (CPU, and MPS, which
-    shares system memory): the system's available memory, capped by a cgroup limit.
-    $QUILLGPT_MEMORY_LIMIT caps the answer.
+    CUDA: the GPU's free memory (torch.cuda.mem_get_info) plus what torch's caching allocator
+    holds but no tensor uses (reserved - allocated): the driver counts that as taken, yet a new
+    tensor gets it first, so mid-run (an eval sample after training steps) leaving it out would
+    refuse requests that fit. Elsewhere (CPU, and MPS, which shares system memory): the system's
+    available memory, capped by a cgroup limit. $QUILLGPT_MEMORY_LIMIT caps the answer.
     """
     found: list[int] = []
     if str(device).startswith("cuda"):
         import torch
 
-        found.append(torch.cuda.mem_get_info(torch.device(device))[0])
+        dev = torch.device(device)
+        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        found.append(torch.cuda.mem_get_info(dev)[0] + max(0, cached))
     else:
         found += [n for n in (_meminfo_available(), _cgroup_available()) if n is not None]
     cap = os.environ.get(MEMORY_ENV)

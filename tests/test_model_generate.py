@@ -88,6 +88,42 @@ def test_compiled_decoding_matches_reference_loop(preset: str) -> None:
                            reference_greedy(model, again, 40, keep=16))
 
 
+def test_repeated_compiled_generations_compile_once_and_free_their_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each generate call makes a new KV cache whose tensors are marked static (what a CUDA graph
+    needs): five calls must reuse the one graph, and no graph may keep an old cache alive."""
+    import gc
+    import weakref
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    needs_cpu_compiler()
+    model = tiny("classic")
+    buffers = []
+    new_kv_cache = model.new_kv_cache
+
+    def tracked(*args, **kwargs):
+        cache = new_kv_cache(*args, **kwargs)
+        buffers.append(cache)
+        return cache
+
+    monkeypatch.setattr(model, "new_kv_cache", tracked)
+    torch._dynamo.reset()
+    counters.clear()
+    tensors = []
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in range(5):
+            idx = prompt(2, 5, seed=10 + i)
+            assert torch.equal(model.generate(idx, 12, temperature=0.0, compile=True),
+                               reference_greedy(model, idx, 12, keep=16))
+            cache = buffers.pop()
+            tensors.append((weakref.ref(cache.k), weakref.ref(cache.v)))
+            del cache
+            gc.collect()
+            assert all(k() is None and v() is None for k, v in tensors)  # nothing holds an old cache
+    assert counters["stats"]["unique_graphs"] == 1
+
+
 @pytest.mark.parametrize("preset", ["classic", "modern"])
 @pytest.mark.parametrize("keep", [None, 20, 1])
 def test_window_policy_matches_reference_loop(preset: str, keep: int | None) -> None:

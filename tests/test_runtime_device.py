@@ -93,7 +93,7 @@ def test_auto_on_cpu_is_float32_unless_the_probe_says_bf16_pays() -> None:
     assert calls == [False, True]
 
 
-def test_muon_orthogonalises_in_bf16_on_gpus_and_only_on_cpus_that_measured_it_faster() -> None:
+def test_muon_orthogonalises_in_bf16_on_gpus_and_only_on_cpus_that_measured_it_faster(fake_cuda) -> None:
     calls = []
 
     def probe(answer: bool):
@@ -105,6 +105,18 @@ def test_muon_orthogonalises_in_bf16_on_gpus_and_only_on_cpus_that_measured_it_f
     assert resolve_muon_dtype("cuda:0", probe(False)) == "bfloat16"  # as torch.optim.Muon: tensor cores
     assert resolve_muon_dtype("mps", probe(True)) == "float32"
     assert calls == [False, True]  # the CPU probe is asked on CPUs only
+
+
+@pytest.mark.parametrize("capability", [(7, 0), (7, 5), (8, 0), (8, 9), (9, 0)])
+def test_muon_dtype_follows_native_bf16_on_gpus(fake_cuda, capability) -> None:
+    """V100 (7.0) and T4 (7.5) only emulate bf16: Muon orthogonalises in fp32 there, as the compute
+    dtype avoids bf16 there too."""
+    fake_cuda["value"] = capability
+    native = capability[0] >= 8
+    assert resolve_muon_dtype("cuda:0", lambda: pytest.fail("no CPU probe on a GPU")) == (
+        "bfloat16" if native else "float32")
+    assert resolve_muon_dtype(torch.device("cuda", 1)) == ("bfloat16" if native else "float32")
+    assert (resolve_muon_dtype("cuda:0") == "bfloat16") is (resolve_dtype("auto", "cuda:0") is torch.bfloat16)
 
 
 @pytest.mark.parametrize("capability, dtype", [((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16),

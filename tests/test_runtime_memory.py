@@ -52,6 +52,27 @@ def test_available_memory_is_capped_by_the_environment(monkeypatch: pytest.Monke
         available_bytes("cpu")
 
 
+def test_gpu_memory_torch_caches_but_does_not_use_counts_as_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU mid-run, as the driver and torch's allocator report it: 1 GB free to the driver, 6 GB
+    reserved by torch of which 2 GB hold tensors. A new tensor can get 1 + (6 - 2) = 5 GB."""
+    monkeypatch.delenv(memory.MEMORY_ENV, raising=False)
+    seen = []
+
+    def reading(value: int):
+        return lambda device=None: seen.append(torch.device(device)) or value
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (seen.append(device) or 1 * GB, 16 * GB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", reading(6 * GB))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", reading(2 * GB))
+    assert available_bytes("cuda:1") == 5 * GB
+    assert set(seen) == {torch.device("cuda:1")}  # every reading is of the GPU asked about
+    ensure_fits(4 * GB, "cuda:1", "this", "that")  # fits in the cached memory: no refusal
+    with pytest.raises(DeviceError, match="GPU has 5.0 GB available"):
+        ensure_fits(6 * GB, "cuda:1", "this", "that")
+    monkeypatch.setenv(memory.MEMORY_ENV, str(3 * GB))
+    assert available_bytes("cuda:1") == 3 * GB  # the cap still applies
+
+
 def test_ensure_fits_names_the_need_the_room_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(memory.MEMORY_ENV, str(8 * GB))
     ensure_fits(7 * GB, "cpu", "x", "y")  # fits: nothing happens

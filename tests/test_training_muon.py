@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from training.muon import Muon, lr_scale, newton_schulz
 
@@ -98,6 +100,38 @@ def test_state_dict_resumes_exactly_and_loads_torch_muon_states() -> None:
     assert ours.param_groups[0]["ortho_dtype"] == "bfloat16"
     assert all(torch.equal(ours.state[p]["momentum_buffer"], torch.ones_like(p) * 0.05)
                for p in ours.param_groups[0]["params"])
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts every aten op that runs while it is active, by name (aten.zeros_like, aten.lerp_, ...)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_momentum_buffers_are_allocated_once_not_at_every_step() -> None:
+    ps = params()
+    opt = Muon(ps, lr=0.02, ortho_dtype="float32")
+    g = torch.Generator().manual_seed(1)
+    counts, buffers = [], []
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=g)
+        with OpCounter() as counter:
+            opt.step()
+        counts.append(counter.ops)
+        buffers.append([(id(opt.state[p]["momentum_buffer"]), opt.state[p]["momentum_buffer"].data_ptr())
+                        for p in ps])
+    zero_fills = ("zeros_like", "zeros", "new_zeros", "empty_like", "zero_", "fill_")
+    assert sum(counts[0][op] for op in zero_fills) == len(ps)  # step 1: one buffer per matrix
+    assert all(sum(c[op] for op in zero_fills) == 0 for c in counts[1:])  # later steps: none
+    assert buffers[0] == buffers[1] == buffers[2]  # the same tensors, updated in place
+    assert counts[1] == counts[2]  # every later step runs the same ops
 
 
 def test_refuses_what_muon_cannot_do() -> None:

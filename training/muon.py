@@ -93,7 +93,10 @@ class Muon(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # allocated once; setdefault would build a zero tensor every step
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - mu)  # buf = mu * buf + (1 - mu) * g
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf  # Nesterov: look one step ahead
                 update = newton_schulz(update, dtype, group["ns_steps"], eps=group["eps"])
