@@ -86,8 +86,8 @@ def resolve_dtype(name: str, device: "torch.device | str", cpu_bf16_pays: Callab
 
     auto: CUDA -> bfloat16 where the GPU has it natively, else float16 (training adds a
     GradScaler); MPS -> float32; CPU -> bfloat16 autocast only if ``cpu_bf16_pays()`` measures
-    it faster on this CPU, else float32. bf16 is ~100x slower on CPUs with AVX2 only and ~5x
-    slower with AVX-512 but no BF16, although oneDNN reports "bf16 supported" on both, so the
+    it faster on this CPU, else float32. bf16 is far slower than fp32 on CPUs with AVX2 only or with AVX-512 but
+    no BF16, although oneDNN reports "bf16 supported" on both (docs/BENCHMARKS.md), so the
     callable must measure (training: runtime/cpu.py's matmul probe, then training/precision.py).
     """
     import torch
