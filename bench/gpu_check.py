@@ -16,8 +16,8 @@ Rows (each a real run; a row that cannot run on this device says "needs CUDA"):
   kv cache        logits decoded token by token through the KV cache = one full forward (bf16 tolerance)
   cuda graph      compiled decoding (sample.py --compile's path, a CUDA graph) gives eager's greedy
                   tokens; tokens/s at batch 1 and 8
-  hf generate     transformers' GPT2LMHeadModel.generate (static cache, compiled) on the same weights:
-                  the same greedy tokens, and its tokens/s beside ours
+  hf generate     transformers' GPT2LMHeadModel.generate (static cache, compiled) on the same weights
+                  (a classic model): the same greedy tokens, and its tokens/s beside ours (CPU: eager)
   ddp resume      torchrun --nproc_per_node=<all GPUs> (NCCL; gloo on CPU): a run stopped at a
                   checkpoint and resumed logs the uninterrupted run's losses exactly
   fsdp resume     the same with --fsdp (one GPU allowed)
@@ -227,7 +227,7 @@ def check_kv_cache(ctx: Context) -> Row:
         inc = torch.cat(steps, dim=1)
     diff = (inc.float() - full.float()).abs().max().item()
     tol = 5e-2 * full.float().abs().max().item() if ctx.cuda else 1e-4
-    return Row("kv cache", "pass" if diff <= tol else "FAIL", f"max |diff| {diff:.2e} (tol {tol:.1e})",
+    return Row("kv cache", "pass" if diff <= tol else "FAIL", f"max abs diff {diff:.2e} (tol {tol:.1e})",
                f"full recompute, {str(dtype).split('.')[-1]}")
 
 
@@ -363,7 +363,7 @@ def check_memory(ctx: Context) -> Row:
             run.step()
         torch.cuda.synchronize()
         used = torch.cuda.max_memory_allocated()
-        compute_bytes = 2 if run.resolved.dtype in ("bfloat16", "float16") else 4
+        compute_bytes = run.resolved.dtype.itemsize
         est = training_bytes(run.raw_model.config, cfg, compute_bytes)
     ok = est <= used <= 2 * est
     return Row("memory bound", "pass" if ok else "FAIL", f"estimate {est / 2**20:,.0f} MiB, used {used / 2**20:,.0f} MiB",
@@ -433,7 +433,7 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = parse(CheckOptions, argv, prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0])
+    opts = parse(CheckOptions, argv, prog="python -m bench.gpu_check", description=__doc__)
     if opts.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU visible to this torch build; run on a GPU, or --device=cpu for the CPU rows",
               file=sys.stderr)
