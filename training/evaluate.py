@@ -36,7 +36,7 @@ def estimate_loss(model: torch.nn.Module, loaders: dict[str, Any], eval_iters: i
     for split, make_loader in loaders.items():
         loader = make_loader()
         losses = torch.zeros(eval_iters)
-        nats = torch.zeros((), dtype=torch.float64, device=token_bytes.device)
+        nats = []  # each batch's sum, on the device (fp32: MPS has no float64); added up in fp64 at the end
         n_bytes = torch.zeros((), dtype=torch.int64, device=token_bytes.device)
         for k in range(eval_iters):
             x, y = loader.next_batch()
@@ -46,9 +46,9 @@ def estimate_loss(model: torch.nn.Module, loaders: dict[str, Any], eval_iters: i
             y = y.reshape(-1)
             per_token = F.cross_entropy(logits.view(-1, logits.size(-1)), y, ignore_index=-1, reduction="none")
             counted = token_bytes[y.clamp(min=0)] * (y >= 0)  # -1 (ignored) counts no bytes
-            nats += per_token.double()[counted > 0].sum()
+            nats.append(torch.where(counted > 0, per_token, 0.0).sum())  # a mask, not an index: no device sync
             n_bytes += counted.sum()
-        out[split] = (losses.mean().item(), nats.item(), float(n_bytes.item()))
+        out[split] = (losses.mean().item(), torch.stack(nats).cpu().double().sum().item(), float(n_bytes.item()))
     model.train(was_training)
     return out
 
