@@ -98,7 +98,10 @@ def _report(cfg: TrainConfig, result: dict[str, Any], stop: StopRequest) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     if result["stopped"] == "eval_only":
-        print(f"eval: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}")
+        from training.evaluate import bpb_text
+
+        print(f"eval: train loss {result['train_loss']:.4f}, val loss {result['val_loss']:.4f}"
+              f"{bpb_text(result['val_bpb'])}")
         return 0
     if result["stopped"] == "signal":  # the loop said what it saved; with nothing to resume from, not a clean stop
         return 0 if result["saved_iter"] is not None else signal_exit_code(stop.requested or "SIGINT")

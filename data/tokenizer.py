@@ -56,6 +56,11 @@ class Tokenizer:
         multi-byte character split across two tokens is not printed as garbage."""
         raise NotImplementedError
 
+    def token_bytes(self) -> list[int]:
+        """Each id's length in UTF-8 bytes (0 for special tokens such as <|endoftext|>), index = id:
+        what bits per byte divides by, so losses under different tokenizers compare."""
+        raise NotImplementedError
+
     def save(self, folder: Path) -> dict:
         """Write the tokenizer's file (if any) into ``folder``; return the JSON spec for meta.json.
 
@@ -96,6 +101,9 @@ class CharTokenizer(Tokenizer):
     def decode_bytes(self, ids: Any) -> bytes:
         return self.decode(ids).encode("utf-8")
 
+    def token_bytes(self) -> list[int]:
+        return [len(c.encode("utf-8")) for c in self.chars]
+
     def save(self, folder: Path) -> dict:
         data = (json.dumps({"chars": self.chars}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
         return {"kind": self.kind, "file": self.file, "sha256": write_if_changed(Path(folder) / self.file, data)}
@@ -121,6 +129,10 @@ class TiktokenTokenizer(Tokenizer):
 
     def decode_bytes(self, ids: Any) -> bytes:
         return self.enc.decode_bytes(_as_list(ids))
+
+    def token_bytes(self) -> list[int]:
+        special = {self.enc.encode_single_token(t) for t in self.enc.special_tokens_set}
+        return [0 if i in special else len(self.enc.decode_single_token_bytes(i)) for i in range(self.vocab_size)]
 
     def save(self, folder: Path) -> dict:
         if self.kind == "gpt2":

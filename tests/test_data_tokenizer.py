@@ -152,3 +152,15 @@ def test_char_vocab_file_is_json(tmp_path):
 def test_unknown_kind(tmp_path):
     with pytest.raises(DataError, match="char, bpe, gpt2"):
         load_tokenizer({"kind": "sentencepiece"}, tmp_path)
+
+
+def test_token_bytes_are_each_ids_utf8_length(bpe, gpt2):
+    """Bits per byte divides by these: each id decoded alone, specials (<|endoftext|>) 0."""
+    assert CharTokenizer("aé水😀").token_bytes() == [1, 2, 3, 4]
+    for tok in (bpe, gpt2):
+        lengths = tok.token_bytes()
+        assert len(lengths) == tok.vocab_size and lengths[tok.eot] == 0
+        text = "héllo wörld 水 😀 naïve"
+        ids = tok.encode(text)
+        assert sum(lengths[i] for i in ids) == len(text.encode("utf-8"))
+        assert all(lengths[i] == len(tok.decode_bytes([i])) for i in range(0, tok.vocab_size, 97) if i != tok.eot)

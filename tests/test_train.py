@@ -204,6 +204,7 @@ def test_short_run_memorises_the_text_and_writes_the_run_folder(tmp_path: Path, 
     assert (out / meta["tokenizer"]["file"]).is_file()  # self-contained for sample.py
     best = json.loads((out / "best" / "config.json").read_text(encoding="utf-8"))
     assert (out / "best" / best["tokenizer"]["file"]).is_file()
+    assert meta["val_bpb"] == pytest.approx(meta["val_loss"] / math.log(2)) and best["val_bpb"] > 0
     # metrics.jsonl schema
     with open(out / "metrics.jsonl", encoding="utf-8") as f:
         all_events = [json.loads(line) for line in f]
@@ -220,7 +221,8 @@ def test_short_run_memorises_the_text_and_writes_the_run_folder(tmp_path: Path, 
                 assert e["flops_per_sec"] > 0
             assert e["threads"] == 1  # torch's count at that step (the conftest fixture pins 1)
         elif e["event"] == "eval":
-            assert set(e) == {"event", "iter", "train_loss", "val_loss", "time"}
+            assert set(e) == {"event", "iter", "train_loss", "val_loss", "val_bpb", "time"}
+            assert math.isclose(e["val_bpb"], e["val_loss"] / math.log(2), rel_tol=1e-6)  # ASCII chars: 1 byte each
     assert [e["iter"] for e in all_events if e["event"] == "eval"] == [0, 50, 100, 150]
     times = [e["time"] for e in all_events]
     assert times == sorted(times)
@@ -537,6 +539,7 @@ def test_eval_only_and_init_from_a_run_folder(tmp_path: Path, corpus) -> None:
     before = (out / "metrics.jsonl").read_text(encoding="utf-8")
     res = run([f"--out_dir={out}", "--init_from=resume", "--eval_only"])
     assert res["stopped"] == "eval_only" and res["val_loss"] == pytest.approx(first["val_loss"])
+    assert res["val_bpb"] == pytest.approx(first["val_bpb"]) and res["val_bpb"] > 0
     assert (out / "metrics.jsonl").read_text(encoding="utf-8") == before  # eval_only writes nothing
     # fine-tune from the best model of that run (GPT.from_pretrained on a quillgpt folder)
     res = run(args(tmp_path, corpus, f"--init_from={out / 'best'}", "--max_iters=3", "--eval_interval=3",

@@ -54,7 +54,7 @@ class Checkpoints:
         return full_model_state(self.model, self.dist, self.fsdp)
 
     def save(self, it: int, val_loss: float | None, best_val: float, tokens: int,
-             tensors: dict[str, torch.Tensor] | None = None) -> None:
+             tensors: dict[str, torch.Tensor] | None = None, val_bpb: float | None = None) -> None:
         """Latest checkpoint: the model export (for sample.py), then train_state.pt (for resume), last.
 
         ``tensors``: the gathered model, if this eval gathered it already.
@@ -64,8 +64,8 @@ class Checkpoints:
         rng_ranks = gather_objects(self.dist, rng_state())
 
         def write() -> None:
-            save_model(self.model, self.out_dir,
-                       {**self.extra, "iter": it, "val_loss": val_loss, "best_val_loss": best_val}, tensors)
+            meta = {**self.extra, "iter": it, "val_loss": val_loss, "val_bpb": val_bpb, "best_val_loss": best_val}
+            save_model(self.model, self.out_dir, meta, tensors)
             save_train_state(self.out_dir, train_state(
                 self.model, tensors, optimizer_states, self.scaler, rng_ranks, iter=it,
                 best_val_loss=best_val, dtype=self.dtype, resolved=self.resolved, loader=self.loader.state_dict(),
@@ -74,13 +74,15 @@ class Checkpoints:
 
         on_master(self.dist, "saving a checkpoint", write)
 
-    def save_best(self, it: int, val_loss: float, tensors: dict[str, torch.Tensor]) -> None:
+    def save_best(self, it: int, val_loss: float, tensors: dict[str, torch.Tensor],
+                  val_bpb: float | None = None) -> None:
         """best/: the model export at the best val loss, with its own tokenizer file (rank 0 writes)."""
         def write() -> None:
             best = self.out_dir / BEST_DIR
             with writing(best):
                 spec = self.tokenizer.save(best)
-            save_model(self.model, best, {**self.extra, "tokenizer": spec, "iter": it, "val_loss": val_loss},
+            save_model(self.model, best, {**self.extra, "tokenizer": spec, "iter": it, "val_loss": val_loss,
+                                         "val_bpb": val_bpb},
                        tensors)
 
         on_master(self.dist, "saving the best model", write)

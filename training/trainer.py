@@ -23,8 +23,8 @@ from training import dashboard
 from training.checkpoints import Checkpoints, due_after_eval
 from training.config import TrainConfig
 from training.control import StopRequest, TrainingDiverged
-from training.distributed import Dist, any_rank, gradient_sync, local_norm, mean_across_ranks, on_master, teardown
-from training.evaluate import attention_at, estimate_loss, record_eval, sample_text
+from training.distributed import Dist, any_rank, gradient_sync, local_norm, on_master, teardown
+from training.evaluate import attention_at, bpb_text, combine_ranks, estimate_loss, record_eval, sample_text
 from training.health import Health
 from training.optim import lr_multiplier, set_lr
 from training.resolved import Resolved
@@ -67,11 +67,14 @@ class Trainer:
     stopped: str = "done"  # "done", "target", "signal" or "eval_only"
     moves_recorded: int = 0  # governor moves already written to metrics.jsonl
     results: dict[str, Any] = field(init=False)
+    token_bytes: torch.Tensor = field(init=False)  # each id's UTF-8 length, on the device: for bits per byte
 
     def __post_init__(self) -> None:
         self.first_iter = self.iter_num
         self.t_log, self.it_log = time.time(), self.iter_num
-        self.results = {"out_dir": str(self.out_dir), "val_loss": None, "train_loss": None, "tokens_per_sec": None}
+        self.results = {"out_dir": str(self.out_dir), "val_loss": None, "train_loss": None, "val_bpb": None,
+                        "tokens_per_sec": None}
+        self.token_bytes = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.int64, device=self.resolved.device)
 
     @property
     def out_dir(self) -> Path:
@@ -143,10 +146,11 @@ class Trainer:
         """
         cfg, it = self.cfg, self.iter_num
         self.health.check(self.dist, it)
-        mine = estimate_loss(self.raw_model, self.eval_loaders, cfg.eval_iters, self.autocast)
-        losses = dict(zip(mine, mean_across_ranks(self.dist, list(mine.values()))))  # {"train": .., "val": ..}
-        self.results.update(train_loss=losses["train"], val_loss=losses["val"])
-        self.progress.message(f"eval @ iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        mine = estimate_loss(self.raw_model, self.eval_loaders, cfg.eval_iters, self.autocast, self.token_bytes)
+        losses = combine_ranks(self.dist, mine)  # {"train": .., "val": .., "train_bpb": .., "val_bpb": ..}
+        self.results.update(train_loss=losses["train"], val_loss=losses["val"], val_bpb=losses["val_bpb"])
+        self.progress.message(f"eval @ iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+                              f"{bpb_text(losses['val_bpb'])}")
         if not math.isfinite(losses["val"]):
             raise TrainingDiverged(f"val loss is {losses['val']} at iteration {it}")
         if cfg.eval_only:
@@ -162,14 +166,14 @@ class Trainer:
             if cfg.attention_png and not self.resolved.fsdp else None
         on_master(self.dist, "the eval's logging",
                   lambda: record_eval(self.metrics, self.wb, self.out_dir, it, losses, text, view, self.tokens_seen))
-        self._checkpoint_after_eval(losses["val"])
+        self._checkpoint_after_eval(losses["val"], losses["val_bpb"])
         if cfg.target_loss is not None and losses["val"] <= cfg.target_loss:
             self.stopped = "target"
             return True
         self.t_log, self.it_log = time.time(), self.iter_num  # eval time is not training throughput
         return False
 
-    def _checkpoint_after_eval(self, val_loss: float) -> None:
+    def _checkpoint_after_eval(self, val_loss: float, val_bpb: float | None) -> None:
         """best/ when val improved, then the latest checkpoint (training/checkpoints.py says when and why
         in this order); the model is gathered once for both."""
         improved = val_loss < self.best_val
@@ -179,13 +183,14 @@ class Trainer:
             return
         tensors = self.checkpoints.gather()
         if best:
-            self.checkpoints.save_best(self.iter_num, val_loss, tensors)
+            self.checkpoints.save_best(self.iter_num, val_loss, tensors, val_bpb)
         if latest:
-            self.save_checkpoint(val_loss, tensors)
+            self.save_checkpoint(val_loss, tensors, val_bpb)
 
-    def save_checkpoint(self, val_loss: float | None, tensors: dict[str, torch.Tensor] | None = None) -> None:
+    def save_checkpoint(self, val_loss: float | None, tensors: dict[str, torch.Tensor] | None = None,
+                        val_bpb: float | None = None) -> None:
         """The latest checkpoint at this iteration (every rank calls it; rank 0 writes)."""
-        self.checkpoints.save(self.iter_num, val_loss, self.best_val, self.tokens_seen, tensors)
+        self.checkpoints.save(self.iter_num, val_loss, self.best_val, self.tokens_seen, tensors, val_bpb)
         self.saved_iter = self.iter_num
 
     # ------------------------------------------------------------------ log
@@ -255,7 +260,7 @@ class Trainer:
         return True
 
     def result(self) -> dict[str, Any]:
-        """{"iters", "val_loss", "train_loss", "best_val_loss", "time", "tokens_per_sec", "tokens", "out_dir",
+        """{"iters", "val_loss", "val_bpb", "train_loss", "best_val_loss", "time", "tokens_per_sec", "tokens", "out_dir",
         "stopped", "saved_iter"}, where ``stopped`` is "done", "target", "signal" or "eval_only" and
         ``saved_iter`` the iteration of the run folder's latest checkpoint (None: there is none)."""
         best = self.best_val if math.isfinite(self.best_val) else None
