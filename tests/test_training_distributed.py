@@ -264,3 +264,31 @@ def test_host_collectives_and_on_master(ranks_that_stopped: list[dict]) -> None:
     assert (r0["value"], r1["value"]) == ("done", None)
     assert (r0["diverged"], r1["diverged"]) == ("val loss is nan", "rank 0 stopped the run during an eval")
     assert (r0["failed"], r1["failed"]) == ("ZeroDivisionError", "RankFailed")
+
+
+def test_ddp_is_wrapped_first_then_compiled(tmp_path) -> None:
+    """PyTorch's documented order for DDP with torch.compile: DDP inside, compile outside (dynamo splits the
+    graph at DDP's buckets). A real one-process gloo group; the wrapped model trains a step and its no_sync
+    context (what gradient accumulation uses) is reachable through the compiled wrapper."""
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from model import GPT, GPTConfig
+    from model.checkpoint import unwrap
+    from training.distributed import Dist, gradient_sync
+    from training.setup import wrap_model
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        gpt = GPT(GPTConfig.classic(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=32))
+        wrapped = wrap_model(gpt, Dist(world_size=2), use_compile=True, fsdp=False, device_type="cpu",
+                             say=lambda _: None)
+        assert isinstance(wrapped, torch._dynamo.eval_frame.OptimizedModule)
+        assert isinstance(wrapped._orig_mod, DDP) and unwrap(wrapped) is gpt
+        x = torch.randint(0, 32, (2, 8))
+        with gradient_sync(wrapped, gpt, Dist(world_size=2), fsdp=False, sync=False):
+            _, loss = wrapped(x, x)
+            loss.backward()
+        assert all(p.grad is not None for p in gpt.parameters() if p.requires_grad)
+    finally:
+        tdist.destroy_process_group()

@@ -222,13 +222,15 @@ def build_loaders(cfg: TrainConfig, dist: Dist, folder: Path, vocab: int,
 def wrap_model(model: torch.nn.Module, dist: Dist, use_compile: bool, fsdp: bool, device_type: str,
                say: Callable[[str], None]) -> torch.nn.Module:
     """What a step runs: ``model`` compiled and/or DDP-wrapped (the bare model is what gets saved)."""
-    if use_compile:
-        say("compiling the model (torch.compile)...")
-        model = torch.compile(model)
     if dist.ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, **ddp_kwargs(device_type, dist.local_rank))
+    if use_compile:
+        # compile the DDP module, not the reverse: dynamo then sees DDP's gradient buckets and splits
+        # the graph at their boundaries, so each bucket's all-reduce overlaps the rest of backward
+        say("compiling the model (torch.compile)...")
+        model = torch.compile(model)
     return model
 
 
