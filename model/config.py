@@ -44,6 +44,7 @@ class GPTConfig:
     tie_embeddings: bool = True  # lm_head shares wte's weight
     logit_softcap: float | None = None  # logits = c * tanh(logits / c); None = off
     zero_init: bool = False  # zero-init residual output projections and the untied head
+    embed_norm: bool = False  # weightless RMSNorm on the embeddings before the first block (as NanoChat)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "mlp_ratio"):
@@ -79,9 +80,9 @@ class GPTConfig:
 
     @classmethod
     def modern(cls, **overrides: Any) -> "GPTConfig":
-        """Rotary, RMSNorm, QK-norm, ReLU², untied zero-init head, no biases."""
+        """Rotary, RMSNorm, QK-norm, ReLU², untied zero-init head, no biases, normalised embeddings."""
         base = dict(pos_emb="rope", norm="rmsnorm", bias=False, qk_norm=True, activation="relu2",
-                    tie_embeddings=False, zero_init=True, logit_softcap=15.0)
+                    tie_embeddings=False, zero_init=True, logit_softcap=15.0, embed_norm=True)
         return cls(**{**base, **overrides})
 
     @classmethod

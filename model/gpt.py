@@ -200,6 +200,8 @@ class GPT(nn.Module):
         rope = None
         if self.config.pos_emb == "rope":
             rope = (self.rope_cos[positions], self.rope_sin[positions])  # (T, hs/2) each
+        if self.config.embed_norm:
+            x = F.rms_norm(x, (x.size(-1),), eps=self.config.norm_eps)
         if self.config.dropout > 0:
             x = self.transformer.drop(x)
         return x, rope
