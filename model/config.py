@@ -80,9 +80,9 @@ class GPTConfig:
 
     @classmethod
     def modern(cls, **overrides: Any) -> "GPTConfig":
-        """Rotary, RMSNorm, QK-norm, ReLU², untied zero-init head, no biases, normalised embeddings."""
+        """Rotary, RMSNorm, QK-norm, ReLU², untied zero-init head, no biases."""
         base = dict(pos_emb="rope", norm="rmsnorm", bias=False, qk_norm=True, activation="relu2",
-                    tie_embeddings=False, zero_init=True, logit_softcap=15.0, embed_norm=True)
+                    tie_embeddings=False, zero_init=True, logit_softcap=15.0)
         return cls(**{**base, **overrides})
 
     @classmethod

@@ -24,6 +24,8 @@ def export_run(tmp_path, config, tok):
 
 
 @pytest.mark.parametrize("preset,over", [("classic", {}), ("modern", {}), ("modern", {"n_kv_head": 1}),
+                                         ("modern", {"embed_norm": True}),
+                                         ("modern", {"embed_norm": True, "n_kv_head": 2}),
                                          ("classic", {"n_kv_head": 2, "bias": False, "tie_embeddings": False})])
 def test_logits_and_greedy_match(tmp_path, preset, over):
     from data.tokenizer import CharTokenizer
