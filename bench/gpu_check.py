@@ -262,22 +262,16 @@ def check_cuda_graph(ctx: Context) -> Row:
                "eager decoding")
 
 
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-
-
 def to_gpt2(model: torch.nn.Module) -> torch.nn.Module:
-    """transformers' GPT2LMHeadModel holding a classic (GPT-2-shaped) model's weights.
-
-    model/checkpoint.py's GPT-2 import read backwards: the names are the same, and the four
-    matrices GPT-2 stores as Conv1D (in, out) are transposed from our Linear (out, in)."""
+    """transformers' GPT2LMHeadModel holding a classic model's weights, through export.py's own mapping."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    c = model.config
-    hf = GPT2LMHeadModel(GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
-                                    n_layer=c.n_layer, n_head=c.n_head, resid_pdrop=0.0, embd_pdrop=0.0,
-                                    attn_pdrop=0.0, bos_token_id=None, eos_token_id=None))
-    sd = {k: (v.t() if k.endswith(_CONV1D) else v) for k, v in model.state_dict().items()}
-    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    from model.hf_export import gpt2_export
+
+    config, tensors = gpt2_export(model, model.config.vocab_size, None)
+    config = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "dtype")}
+    hf = GPT2LMHeadModel(GPT2Config(**config))
+    missing, unexpected = hf.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]  # tied to wte
     if missing or unexpected:
         raise RuntimeError(f"weights do not map onto GPT2LMHeadModel: missing {missing[:3]}, unexpected {unexpected[:3]}")
