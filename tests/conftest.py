@@ -73,3 +73,21 @@ def needs_cpu_compiler() -> None:
 
     if cpu_compiler() is None:
         pytest.skip("no C++ compiler (g++, clang++ or $CXX): torch.compile cannot build CPU kernels")
+
+
+def random_hf_gpt2(folder, seed: int = 0, **config):
+    """A GPT-2 written by transformers' own save_pretrained, every weight (biases and LayerNorms too)
+    random and non-trivial; ``config`` are GPT2Config fields. Returns the transformers model."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(**{"bos_token_id": None, "eos_token_id": None, **config})
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.normal_(0.0, 0.1)
+            if ".ln_" in name and name.endswith("weight"):
+                p.add_(1.0)
+    hf.save_pretrained(folder)
+    return hf

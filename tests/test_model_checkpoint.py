@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import random_model
+from conftest import random_hf_gpt2, random_model
 from model import GPT, CheckpointError, GPTConfig, from_pretrained, load_model, save_model
 from model import checkpoint
 from model.checkpoint import (BEST_DIR, CONFIG_FILE, STATE_FILE, WEIGHTS_FILE, checkpoint_folder, is_run_folder,
@@ -327,19 +327,9 @@ def test_bad_train_states_raise_without_running_anything(tmp_path: Path) -> None
 
 
 def hf_gpt2(folder: Path, activation: str = "gelu_new", seed: int = 0):
-    """A random GPT-2 with every weight (biases and LayerNorms too) non-trivial, saved as safetensors."""
-    transformers = pytest.importorskip("transformers")
-
-    torch.manual_seed(seed)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=100,
-                                  activation_function=activation, bos_token_id=None, eos_token_id=None)
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.normal_(0.0, 0.1)
-            if ".ln_" in name and name.endswith("weight"):
-                p.add_(1.0)
-    hf.save_pretrained(folder, safe_serialization=True)
+    """A random GPT-2 (2 layers, 4 heads, 64 wide) saved as safetensors by transformers."""
+    hf = random_hf_gpt2(folder, seed, n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=100,
+                        activation_function=activation)
     assert (folder / WEIGHTS_FILE).is_file()
     return hf
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import random_model
+from conftest import random_hf_gpt2, random_model
 from model import GPT, CheckpointError, GPTConfig, save_model
 from model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, Source, from_pretrained, resolve_source, source_config
 
@@ -35,18 +35,8 @@ def logits(model: GPT, seed: int = 1) -> torch.Tensor:
 
 def hf_folder(folder: Path, tie: bool = True):
     """A tiny random GPT-2 written by transformers' own save_pretrained; returns the transformers model."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab_size=60,
-                                  tie_word_embeddings=tie, bos_token_id=None, eos_token_id=None)
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            p.normal_(0.0, 0.1)
-            if ".ln_" in name and name.endswith("weight"):
-                p.add_(1.0)
-    hf.save_pretrained(folder)
-    return hf
+    return random_hf_gpt2(folder, n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab_size=60,
+                          tie_word_embeddings=tie)
 
 
 @pytest.mark.parametrize("preset", ["classic", "modern"])
