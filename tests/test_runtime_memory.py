@@ -156,3 +156,33 @@ def test_a_generation_too_big_for_the_machine_is_refused_before_allocating() -> 
     model = random_model(GPTConfig(block_size=16, vocab_size=11, n_layer=1, n_head=1, n_embd=8))
     with pytest.raises(DeviceError, match="generating 1,000,000,000,000 tokens x 1 row"):
         next(generate_stream(model, torch.zeros(1, 1, dtype=torch.long), 10**12))
+
+
+def test_fsdp_counts_each_process_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `--init_from=gpt2-xl --fsdp` on 24 GB GPUs: refused unsharded (weights, gradients
+    and AdamW state alone are 16 bytes x 1.56e9 parameters = 25 GB), allowed across 8 processes,
+    where each holds an eighth of that state plus one block's full weights while it is gathered."""
+    xl = GPTConfig(vocab_size=50257, n_layer=48, n_head=25, n_embd=1600)
+    tune = cfg_for("--batch_size=1", "--block_size=1024", "--optimizer=adamw", "--init_from=gpt2-xl")
+    one, eight = training_bytes(xl, tune, compute_bytes=2), training_bytes(xl, tune, 2, shards=8)
+    block = 12 * 1600 * 1600  # q, k, v, proj (4 C^2) and the MLP (8 C^2) of one block
+    P = xl.num_params()
+    assert one > 16 * P > 24 * GB
+    assert 16 * P / 8 < eight < one / 4
+    assert eight >= 4 * block + 16 * P // 8 - 4 * 8  # one gathered block is counted whole
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 24 * GB)
+    with pytest.raises(DeviceError):
+        check_training_fits(xl, tune, "cuda:0", 2)
+    check_training_fits(xl, tune, "cuda:0", 2, shards=8)
+
+
+def test_fsdp_pre_check_under_a_memory_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same through $QUILLGPT_MEMORY_LIMIT, the knob a CPU run has: a model that fits only when
+    sharded across 2 processes passes with shards=2 and is refused alone."""
+    mcfg = GPTConfig.classic(block_size=64, vocab_size=256, n_layer=4, n_head=4, n_embd=256)
+    cfg = cfg_for("--batch_size=1", "--block_size=64", "--optimizer=adamw", "--sample_tokens=0")
+    one, two = training_bytes(mcfg, cfg, 4), training_bytes(mcfg, cfg, 4, shards=2)
+    monkeypatch.setenv("QUILLGPT_MEMORY_LIMIT", str((one + two) // 2))
+    check_training_fits(mcfg, cfg, "cpu", 4, shards=2)
+    with pytest.raises(DeviceError, match="needs at least"):
+        check_training_fits(mcfg, cfg, "cpu", 4)

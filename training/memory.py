@@ -31,14 +31,18 @@ def hidden_matrix_params(mcfg: "GPTConfig") -> int:
     return mcfg.n_layer * (C * (C + 2 * kv) + C * C + 2 * mcfg.mlp_ratio * C * C)
 
 
-def training_bytes(mcfg: "GPTConfig", cfg: "TrainConfig", compute_bytes: int) -> int:
+def training_bytes(mcfg: "GPTConfig", cfg: "TrainConfig", compute_bytes: int, shards: int = 1) -> int:
     """A lower bound on the memory of one process training ``mcfg`` with ``cfg``'s batch (see module doc).
 
-    ``compute_bytes``: 2 under bf16/fp16 autocast, 4 in float32.
+    ``compute_bytes``: 2 under bf16/fp16 autocast, 4 in float32. ``shards``: the processes FSDP
+    splits weights, gradients and optimizer state across; each then holds its share of them, plus
+    one block's full weights while that block is gathered for its forward and backward.
     """
     P = mcfg.num_params()
     muon = hidden_matrix_params(mcfg) if cfg.optimizer == "muon" else 0
     state = mcfg.model_bytes() + 4 * P + 4 * muon + 8 * (P - muon)
+    if shards > 1:
+        state = state // shards + 4 * hidden_matrix_params(mcfg) // mcfg.n_layer
     per_token_layer = (6 + 2 * mcfg.mlp_ratio) * mcfg.n_embd + 2 * mcfg.n_kv_head * mcfg.head_dim
     per_token = mcfg.n_layer * per_token_layer * compute_bytes + 2 * 4 * mcfg.vocab_size + 2 * 8
     train = cfg.batch_size * cfg.block_size * per_token
@@ -48,10 +52,11 @@ def training_bytes(mcfg: "GPTConfig", cfg: "TrainConfig", compute_bytes: int) ->
     return state + max(train, evaluate) + sample
 
 
-def check_training_fits(mcfg: "GPTConfig", cfg: "TrainConfig", device: str, compute_bytes: int) -> None:
+def check_training_fits(mcfg: "GPTConfig", cfg: "TrainConfig", device: str, compute_bytes: int,
+                        shards: int = 1) -> None:
     """DeviceError, saying what to shrink, if ``training_bytes`` exceeds the memory ``device`` has."""
     what = (f"training this model ({mcfg.num_params() / 1e6:,.1f}M parameters) on batches of "
             f"{cfg.batch_size} x {cfg.block_size} tokens")
-    ensure_fits(training_bytes(mcfg, cfg, compute_bytes), device, what,
+    ensure_fits(training_bytes(mcfg, cfg, compute_bytes, shards), device, what,
                 "use a smaller --batch_size (and more --gradient_accumulation_steps for the same global batch), "
                 "--block_size, --sample_tokens or model")

@@ -68,12 +68,13 @@ def set_up(cfg: TrainConfig, log_to_console: bool = True) -> Trainer:
         console = dist.master and log_to_console
         say = print if console else (lambda text: None)
         state = load_state(out_dir) if cfg.init_from == "resume" else None
-        check_fits_before_data(cfg, state, device, out_dir)
+        shards = dist.world_size if fsdp else 1  # FSDP: each process holds its share of the state
+        check_fits_before_data(cfg, state, device, out_dir, shards)
         data_folder, meta, tokenizer = prepare(cfg, dist)
         if state is not None:
             check_same_tokenizer(out_dir, state, meta["tokenizer"], data_folder)
         init_process_group(dist, device)
-        model = build_model(cfg, state, meta["vocab_size"], device, out_dir)
+        model = build_model(cfg, state, meta["vocab_size"], device, out_dir, shards)
         precision = choose_precision(cfg, state, model, device, dist)
         governor, threads = thread_policy(cfg, device_type, dist, use_compile)
         if fsdp:  # before the optimizers, which must hold the sharded parameters
@@ -128,19 +129,20 @@ def place(cfg: TrainConfig, dist: Dist) -> str:
     return device
 
 
-def check_fits_before_data(cfg: TrainConfig, state: dict[str, Any] | None, device: str, out_dir: Path) -> None:
+def check_fits_before_data(cfg: TrainConfig, state: dict[str, Any] | None, device: str, out_dir: Path,
+                           shards: int) -> None:
     """The memory check that can be made before the data exists: a resume's model, or a new one's with a
     lower bound on its vocabulary (a pretrained model is checked once it is loaded)."""
     if state is not None:
-        check_fits(model_config({"model": state["model_config"]}, out_dir / STATE_FILE), cfg, device)
+        check_fits(model_config({"model": state["model_config"]}, out_dir / STATE_FILE), cfg, device, shards)
     elif cfg.init_from == "scratch":  # the vocabulary is known once the data is; a lower bound for now
-        check_fits(scratch_config(cfg, LOWER_BOUND_VOCAB.get(cfg.tokenizer, cfg.vocab_size)), cfg, device)
+        check_fits(scratch_config(cfg, LOWER_BOUND_VOCAB.get(cfg.tokenizer, cfg.vocab_size)), cfg, device, shards)
 
 
-def check_fits(mcfg: GPTConfig, cfg: TrainConfig, device: str) -> None:
+def check_fits(mcfg: GPTConfig, cfg: TrainConfig, device: str, shards: int = 1) -> None:
     """Refuse a model and batch this device cannot hold, before allocating them (training/memory.py)."""
     compute_bytes = 4 if cfg.dtype == "float32" else 2  # auto may pick bf16: count the smaller
-    check_training_fits(mcfg, cfg, device, compute_bytes)
+    check_training_fits(mcfg, cfg, device, compute_bytes, shards)
 
 
 def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Path, dict[str, Any], Any]:
@@ -151,8 +153,12 @@ def prepare(cfg: TrainConfig, dist: Dist) -> tuple[Path, dict[str, Any], Any]:
 
 
 def build_model(cfg: TrainConfig, state: dict[str, Any] | None, data_vocab: int, device: str,
-                out_dir: Path) -> GPT:
-    """From out_dir's train state, from scratch, or from pretrained weights; each checked to fit first."""
+                out_dir: Path, shards: int = 1) -> GPT:
+    """From out_dir's train state, from scratch, or from pretrained weights; each checked to fit first.
+
+    Under FSDP (``shards`` > 1) the model stays on the CPU: fully_shard moves each block to the
+    device as it shards it, so no process ever holds the whole model there.
+    """
     if state is not None:
         saved = state["train_config"]
         changed = [k for k in ARCH_FIELDS if k in saved and saved[k] != getattr(cfg, k)]
@@ -165,19 +171,20 @@ def build_model(cfg: TrainConfig, state: dict[str, Any] | None, data_vocab: int,
         load_tensors(model, state["model"], where)
     elif cfg.init_from == "scratch":
         mcfg = scratch_config(cfg, data_vocab)
-        check_fits(mcfg, cfg, device)
+        check_fits(mcfg, cfg, device, shards)
         torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
         model = GPT(mcfg)
     else:
         model = from_pretrained(cfg.init_from, dropout=cfg.dropout)  # refuses a model too big to hold
-        check_fits(model.config, cfg, device)
+        check_fits(model.config, cfg, device, shards)
     mcfg = model.config
     if cfg.block_size > mcfg.block_size:
         raise UsageError(f"--block_size={cfg.block_size} exceeds the model's context ({mcfg.block_size})")
     if data_vocab > mcfg.vocab_size:
         raise UsageError(f"the data's vocabulary ({data_vocab}, tokenizer {cfg.tokenizer}) is larger "
                          f"than the model's ({mcfg.vocab_size}); use the tokenizer the model was trained with")
-    model.to(device)
+    if shards == 1:
+        model.to(device)
     return model
 
 
