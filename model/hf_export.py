@@ -219,6 +219,15 @@ def load_nanochat_tensors(gpt: GPT, hf: dict[str, Any], tensors: dict[str, torch
 # ---------------------------------------------------------------------------- a run folder -> an HF folder
 
 
+def tokens_trained(meta: dict[str, Any]) -> int | None:
+    """Tokens the checkpoint was trained on: its iteration x the run's tokens per iteration (config.json's
+    ``resolved`` section); None when the folder does not say (a model saved outside train.py)."""
+    it, per = meta.get("iter"), (meta.get("resolved") or {}).get("tokens_per_iter")
+    if isinstance(it, int) and isinstance(per, int):
+        return it * per
+    return meta["tokens"] if isinstance(meta.get("tokens"), int) else None
+
+
 def model_card(meta: dict[str, Any], hf: dict[str, Any], tok: Any) -> str:
     """README.md with Hub metadata: what the model is, what it was trained on, how well, and how."""
     train = meta.get("train") or {}
@@ -228,8 +237,11 @@ def model_card(meta: dict[str, Any], hf: dict[str, Any], tok: Any) -> str:
              f"- architecture: {hf['architectures'][0]}, tokenizer: {tok.kind} ({tok.vocab_size} ids)"]
     if train.get("dataset"):
         lines.append(f"- training data: {train['dataset']}")
-    if isinstance(meta.get("tokens"), int):
-        lines.append(f"- tokens trained: {meta['tokens']:,}")
+    tokens = tokens_trained(meta)
+    if tokens is not None:
+        lines.append(f"- tokens trained: {tokens:,}")
+    if isinstance(meta.get("iter"), int):
+        lines.append(f"- iterations: {meta['iter']:,}")
     if isinstance(meta.get("val_loss"), (int, float)):
         lines.append(f"- final val loss: {meta['val_loss']:.4f}")
     if isinstance(meta.get("val_bpb"), (int, float)):
