@@ -141,3 +141,32 @@ def test_unsupported_nanochat_fields_refused_by_name(tmp_path, field, value, mat
     with pytest.raises(CheckpointError, match=match) as e:
         GPT.from_pretrained(tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_push_to_unreachable_hub_is_one_line_exit_2_and_the_folder_stays(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from data.tokenizer import CharTokenizer
+    from model import GPTConfig, save_model
+
+    tok = CharTokenizer(TEXT)
+    run, out = tmp_path / "run", tmp_path / "hf"
+    save_model(random_model(GPTConfig.modern(block_size=32, vocab_size=tok.vocab_size, n_layer=1, n_head=2,
+                                             n_embd=16)), run, {"tokenizer": tok.save(run)})
+    with socket.socket() as s:  # a port that was free a moment ago and has no listener
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_garbage",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run([sys.executable, "export.py", f"--out_dir={run}", f"--to={out}", "--push_to_hub=u/n"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert "could not push to the hub repo 'u/n'" in proc.stderr
+    assert f"wrote {out}" in proc.stdout
+    assert transformers.AutoModelForCausalLM.from_pretrained(out) is not None  # the local folder is whole
