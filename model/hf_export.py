@@ -176,13 +176,6 @@ def nanochat_config(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
         raise CheckpointError(f"not a usable NanoChat config.json ({type(e).__name__}: {e})") from None
 
 
-def nanochat_to_gpt(hf: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any) -> GPT:
-    """Our GPT from a NanoChat config.json dict and its state dict."""
-    gpt = GPT(nanochat_config(hf, **overrides))
-    load_nanochat_tensors(gpt, hf, tensors)
-    return gpt
-
-
 def load_nanochat_tensors(gpt: GPT, hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
     """Load a NanoChat state dict into ``gpt`` (built from ``nanochat_config``): norm gains all 1, rotary
     sign undone, q/k/v stacked; a tied NanoChat head is its embedding."""
