@@ -470,8 +470,9 @@ def resolve_source(name_or_folder: str | Path, which: str | None = None) -> Sour
 
     ``which`` (best, latest or auto): ``name_or_folder`` is a run's --out_dir and that checkpoint
     of it is meant (``checkpoint_folder``). None: a quillgpt checkpoint folder itself, a local
-    Hugging Face folder (config.json ``model_type`` gpt2 or nanochat), or a hub name. A folder is checked here (a config that is neither
-    ours nor GPT-2's, a missing weights file), so a bad one is refused before any download.
+    Hugging Face folder (config.json ``model_type`` gpt2 or nanochat), or a hub name. A folder is
+    checked here (a config that is neither ours nor a usable GPT-2/NanoChat one, a missing weights
+    file), so a bad one is refused before any download.
     """
     if which is not None:
         folder, which = checkpoint_folder(name_or_folder, which)
@@ -507,8 +508,8 @@ def resolve_source(name_or_folder: str | Path, which: str | None = None) -> Sour
             raise CheckpointError(f"{path}: no {WEIGHTS_FILE} beside its {label} {CONFIG_FILE}")
         return Source(None, name, meta, f"{path} (Hugging Face {label} folder)")
     if looks_local(name):
-        raise CheckpointError(f"no such folder: {name} (give a quillgpt run folder, a Hugging Face GPT-2 or NanoChat folder "
-                              f"with {CONFIG_FILE} and {WEIGHTS_FILE}, or a hub name such as gpt2)")
+        raise CheckpointError(f"no such folder: {name} (give a quillgpt run folder, a Hugging Face GPT-2 or "
+                              f"NanoChat folder with {CONFIG_FILE} and {WEIGHTS_FILE}, or a hub name such as gpt2)")
     return Source(None, name, {}, f"{name} (GPT-2 from the Hugging Face hub)")
 
 
