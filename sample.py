@@ -40,8 +40,8 @@ class SampleOptions:
                                   "(OUT_DIR itself), or auto = best if saved, else latest",
                           choices=("auto", "best", "latest"))
     init_from: str = opt("resume", "resume = the --checkpoint of --out_dir; else a quillgpt run folder, a local "
-                                   "Hugging Face GPT-2 folder or a hub name (gpt2, gpt2-medium, gpt2-large, "
-                                   "gpt2-xl); GPT-2 models use the gpt2 tokenizer")
+                                   "Hugging Face GPT-2/NanoChat folder (export.py's) or a hub name (gpt2, gpt2-medium, "
+                                   "gpt2-large, gpt2-xl); the folder's tokenizer.json, else the gpt2 tokenizer")
     gpt2_ranks: str | None = opt(None, "a local gpt2.tiktoken rank file, to use the GPT-2 tokenizer offline; "
                                        "none = $QUILLGPT_GPT2_RANKS, else tiktoken's download")
     prompt: str = opt("", "text to continue; FILE:path reads a UTF-8 file, - reads stdin; empty = a newline "
@@ -98,7 +98,7 @@ def check_options(o: SampleOptions) -> None:
         raise UsageError("--stop needs a non-empty string")
     if o.init_from == "scratch":
         raise UsageError("--init_from=scratch: sampling needs trained weights; give resume (--out_dir's run), "
-                         "a run folder, a Hugging Face GPT-2 folder or a hub name such as gpt2")
+                         "a run folder, a Hugging Face GPT-2/NanoChat folder or a hub name such as gpt2")
     try:
         check_device_name(o.device)
     except DeviceError:

@@ -102,3 +102,53 @@ def write_hf_tokenizer(tok: Any, folder: str | Path, model_max_length: int) -> N
     if getattr(tok, "eot", None) is not None:
         cfg.update(bos_token=EOT_TEXT, eos_token=EOT_TEXT, pad_token=EOT_TEXT)
     atomic_write_bytes(folder / TOKENIZER_CONFIG, (json.dumps(cfg, indent=2) + "\n").encode("utf-8"))
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` behind our Tokenizer interface (what sample.py needs).
+
+    Decoding goes through each id's bytes, so a character cut between two tokens is one U+FFFD, as in
+    ours; a byte-level vocabulary's strings map back to bytes through the inverse GPT-2 byte table.
+    """
+
+    kind = "hf"
+
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer as HF
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+            self.hf = HF.from_str(text)
+            decoder = (json.loads(text).get("decoder") or {}).get("type")
+        except Exception as e:  # OSError, bad JSON, or tokenizers' own plain Exception
+            raise DataError(f"{path} is not a readable Hugging Face tokenizer.json ({type(e).__name__}: "
+                            f"{str(e)[:100]})") from None
+        self.vocab_size = self.hf.get_vocab_size(with_added_tokens=True)
+        self.eot = self.hf.token_to_id(EOT_TEXT)
+        special = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
+        inverse = {c: b for b, c in byte_to_unicode().items()}
+        self._bytes: list[bytes] = []
+        for i in range(self.vocab_size):
+            s = self.hf.id_to_token(i) or ""
+            if decoder == "ByteLevel" and s not in special:
+                self._bytes.append(bytes(inverse[c] for c in s))
+            else:
+                self._bytes.append(s.encode("utf-8"))
+        self._special = special
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return self.hf.encode(text, add_special_tokens=False).ids
+        except Exception as e:  # a WordLevel vocabulary without an unknown token refuses new characters
+            raise DataError(f"the folder's tokenizer cannot encode this text ({str(e)[:100]})") from None
+
+    def decode_bytes(self, ids: Any) -> bytes:
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return b"".join(self._bytes[i] for i in ids)
+
+    def decode(self, ids: Any) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def token_bytes(self) -> list[int]:
+        return [0 if self.hf.id_to_token(i) in self._special else len(b) for i, b in enumerate(self._bytes)]

@@ -10,7 +10,7 @@ A run folder (train.py's ``--out_dir``) holds::
     metrics.jsonl        one JSON line per log/eval event; loss.png draws it
 
 A folder is a *run folder* when its ``config.json`` has a ``model`` section. A local Hugging Face
-GPT-2 folder (``save_pretrained``'s ``config.json`` + ``model.safetensors``) and a hub name
+GPT-2 or NanoChat folder (``save_pretrained``'s ``config.json`` + ``model.safetensors``) and a hub name
 (``gpt2`` ... ``gpt2-xl``) load too, through ``from_pretrained``.
 
 No pickle: weights are safetensors, metadata JSON, and ``train_state.pt`` is read with
@@ -365,7 +365,8 @@ def load_train_state(folder: str | Path) -> dict[str, Any]:
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
-                   "gelu": "gelu"}
+                   "gelu": "gelu", "relu2": "relu2"}
+HF_MODEL_TYPES = {"gpt2": "GPT-2", "nanochat": "NanoChat"}  # config.json model_type -> how to name it
 
 
 def config_from_hf(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
@@ -423,6 +424,34 @@ def load_hf_gpt2(folder: str | Path, **overrides: Any) -> GPT:
     return model
 
 
+def hf_model_type(meta: dict[str, Any], where: str | Path) -> str:
+    """A Hugging Face folder's ``model_type`` (gpt2 when absent, as old GPT-2 folders); others refused."""
+    kind = meta.get("model_type", "gpt2")
+    if kind not in HF_MODEL_TYPES:
+        raise CheckpointError(f"{where}: model_type {kind!r} is not one quillgpt loads "
+                              f"(supported: {', '.join(HF_MODEL_TYPES)})")
+    return kind
+
+
+def hf_config(meta: dict[str, Any], **overrides: Any) -> GPTConfig:
+    """The GPTConfig of a Hugging Face config.json: GPT-2 -> classic, NanoChat -> modern."""
+    from .hf_export import nanochat_config
+
+    if meta.get("model_type", "gpt2") == "nanochat":
+        return nanochat_config(meta, **overrides)
+    return config_from_hf(meta, **overrides)
+
+
+def load_hf_nanochat(folder: str | Path, **overrides: Any) -> GPT:
+    """Build a modern GPT from a Hugging Face NanoChatForCausalLM folder (config.json + model.safetensors)."""
+    from .hf_export import load_nanochat_tensors, nanochat_config
+
+    meta = read_config(folder)
+    model = build_model(nanochat_config(meta, **overrides), folder)
+    load_nanochat_tensors(model, meta, read_safetensors(Path(folder) / WEIGHTS_FILE))
+    return model
+
+
 # ---------------------------------------------------------------------------- where a model comes from
 
 
@@ -431,7 +460,7 @@ class Source:
     """A model's origin, decided from its name before any weights are read (``resolve_source``)."""
 
     folder: Path | None  # a quillgpt checkpoint folder (config.json + model.safetensors)
-    pretrained: str | None  # otherwise: a local Hugging Face GPT-2 folder or a hub name
+    pretrained: str | None  # otherwise: a local Hugging Face GPT-2 or NanoChat folder, or a hub name
     meta: dict[str, Any]  # the folder's config.json (ours or GPT-2's); {} for a hub name, not fetched yet
     label: str  # how to name it to a person
 
@@ -441,8 +470,9 @@ def resolve_source(name_or_folder: str | Path, which: str | None = None) -> Sour
 
     ``which`` (best, latest or auto): ``name_or_folder`` is a run's --out_dir and that checkpoint
     of it is meant (``checkpoint_folder``). None: a quillgpt checkpoint folder itself, a local
-    Hugging Face GPT-2 folder, or a hub name. A folder is checked here (a config that is neither
-    ours nor GPT-2's, a missing weights file), so a bad one is refused before any download.
+    Hugging Face folder (config.json ``model_type`` gpt2 or nanochat), or a hub name. A folder is
+    checked here (a config that is neither ours nor a usable GPT-2/NanoChat one, a missing weights
+    file), so a bad one is refused before any download.
     """
     if which is not None:
         folder, which = checkpoint_folder(name_or_folder, which)
@@ -460,24 +490,26 @@ def resolve_source(name_or_folder: str | Path, which: str | None = None) -> Sour
     if path.is_dir():
         if not run_member(path, CONFIG_FILE).is_file():
             raise CheckpointError(f"no {CONFIG_FILE} in {path}: expected a quillgpt run folder or a Hugging Face "
-                                  f"GPT-2 folder ({CONFIG_FILE} + {WEIGHTS_FILE})")
+                                  f"GPT-2 or NanoChat folder ({CONFIG_FILE} + {WEIGHTS_FILE})")
         meta = read_config(path)
         if "model" in meta:
             if not is_checkpoint(path):
                 raise CheckpointError(f"{path}: its {WEIGHTS_FILE} is missing (a run stopped before its first "
                                       "save?); give a folder with a saved model")
             return Source(path, None, meta, str(path))
+        kind = hf_model_type(meta, path / CONFIG_FILE)
+        label = HF_MODEL_TYPES[kind]
         try:
-            config_from_hf(meta)
+            hf_config(meta)
         except CheckpointError as e:
-            raise CheckpointError(f"{path}: its {CONFIG_FILE} has no 'model' section (quillgpt) and is not a GPT-2 "
-                                  f"config either ({e})") from None
+            raise CheckpointError(f"{path}: its {CONFIG_FILE} has no 'model' section (quillgpt) and is not a usable "
+                                  f"{label} config either ({e})") from None
         if not run_member(path, WEIGHTS_FILE).is_file():
-            raise CheckpointError(f"{path}: no {WEIGHTS_FILE} beside its GPT-2 {CONFIG_FILE}")
-        return Source(None, name, meta, f"{path} (Hugging Face GPT-2 folder)")
+            raise CheckpointError(f"{path}: no {WEIGHTS_FILE} beside its {label} {CONFIG_FILE}")
+        return Source(None, name, meta, f"{path} (Hugging Face {label} folder)")
     if looks_local(name):
-        raise CheckpointError(f"no such folder: {name} (give a quillgpt run folder, a Hugging Face GPT-2 folder "
-                              f"with {CONFIG_FILE} and {WEIGHTS_FILE}, or a hub name such as gpt2)")
+        raise CheckpointError(f"no such folder: {name} (give a quillgpt run folder, a Hugging Face GPT-2 or "
+                              f"NanoChat folder with {CONFIG_FILE} and {WEIGHTS_FILE}, or a hub name such as gpt2)")
     return Source(None, name, {}, f"{name} (GPT-2 from the Hugging Face hub)")
 
 
@@ -486,15 +518,24 @@ def source_config(source: Source, **overrides: Any) -> GPTConfig | None:
     if source.folder is not None:
         return model_config(source.meta, source.folder / CONFIG_FILE, **overrides)
     if source.meta:
-        return config_from_hf(source.meta, **overrides)
+        return hf_config(source.meta, **overrides)
     return None
 
 
 def source_tokenizer(source: Source, gpt2_ranks: str | None = None) -> Any:
-    """The run's own tokenizer (its spec in config.json), or GPT-2's for GPT-2 weights."""
+    """The run's own tokenizer (its spec in config.json); a Hugging Face folder's tokenizer.json;
+    else GPT-2's for GPT-2 weights (a hub name, a GPT-2 folder without one)."""
     from data.tokenizer import load_tokenizer
 
     if source.folder is None:
+        hf_json = Path(source.pretrained or ".") / "tokenizer.json"
+        if source.meta and hf_json.is_file():
+            from data.hf_tokenizer import HFTokenizer
+
+            return HFTokenizer(hf_json)
+        if source.meta.get("model_type") == "nanochat":
+            raise CheckpointError(f"{source.pretrained}: no tokenizer.json beside the NanoChat weights; add the "
+                                  "tokenizer the model was trained with (python export.py writes one)")
         return load_tokenizer({"kind": "gpt2"}, ".", gpt2_ranks=gpt2_ranks)
     spec, home = tokenizer_home(source.folder, source.meta)
     return load_tokenizer(spec, home, gpt2_ranks=gpt2_ranks)
@@ -513,7 +554,7 @@ def fetch_hub(name: str) -> Path:
 
 
 def from_pretrained(name_or_dir: str | Path | Source, **overrides: Any) -> GPT:
-    """A quillgpt run folder, a local Hugging Face GPT-2 folder, a hub name (gpt2 ... gpt2-xl),
+    """A quillgpt run folder, a local Hugging Face GPT-2 or NanoChat folder, a hub name (gpt2 ... gpt2-xl),
     or a ``Source`` already resolved; float32 on the CPU.
 
     ``overrides`` replace config fields (``dropout=0.1``, say) whichever the source.
@@ -522,4 +563,6 @@ def from_pretrained(name_or_dir: str | Path | Source, **overrides: Any) -> GPT:
     if source.folder is not None:
         return load_model(source.folder, **overrides)[0]
     folder = Path(source.pretrained) if source.meta else fetch_hub(source.pretrained)
+    if source.meta.get("model_type") == "nanochat":
+        return load_hf_nanochat(folder, **overrides)
     return load_hf_gpt2(folder, **overrides)

@@ -141,34 +141,47 @@ def hf_export(gpt: GPT, vocab: int, eot: int | None) -> tuple[dict[str, Any], di
 # ---------------------------------------------------------------------------- the way back
 
 
-def nanochat_to_gpt(hf: dict[str, Any], tensors: dict[str, torch.Tensor], **overrides: Any) -> GPT:
-    """Our GPT from a NanoChat config.json dict and its state dict (norm gains all 1, rotary sign undone)."""
+_NANOCHAT_BACK = {"relu2": "relu2", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
+
+
+def nanochat_config(hf: dict[str, Any], **overrides: Any) -> GPTConfig:
+    """The modern GPTConfig of a NanoChat config.json dict; a field ours cannot reproduce is refused by name."""
     rope = hf.get("rope_parameters") or {}
     checks = [("rope_parameters.rope_type", rope.get("rope_type", "default") != "default"),
               ("attention_bias", bool(hf.get("attention_bias", False))),
-              ("hidden_act", hf.get("hidden_act", "relu2") not in {*NANOCHAT_ACT.values(), "gelu_new"})]
+              ("hidden_act", hf.get("hidden_act", "relu2") not in _NANOCHAT_BACK)]
     for name, bad in checks:
         if bad:
-            raise CheckpointError(f"NanoChat config {name} is not supported by quillgpt")
-    act = {"relu2": "relu2", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
+            value = rope.get("rope_type") if name.startswith("rope") else hf.get(name.split(".")[0])
+            raise CheckpointError(f"NanoChat config {name}={value!r} is not supported by quillgpt")
     try:
         C, nh = hf["hidden_size"], hf["num_attention_heads"]
         inner = hf.get("intermediate_size", 8192)
-        if inner % C or C % nh or hf.get("head_dim", C // nh) != C // nh:
-            raise CheckpointError(f"NanoChat intermediate_size/head_dim ({inner}, {hf.get('head_dim')}) do not fit "
-                                  f"hidden_size {C} and {nh} heads")
-        tie = bool(hf.get("tie_word_embeddings", False))
+        if inner % C:
+            raise CheckpointError(f"NanoChat config intermediate_size={inner} is not a multiple of hidden_size={C}")
+        if C % nh or hf.get("head_dim") not in (None, C // nh):
+            raise CheckpointError(f"NanoChat config head_dim={hf.get('head_dim')} does not fit hidden_size={C} "
+                                  f"and {nh} heads (quillgpt needs hidden_size / heads)")
         args = dict(block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
                     n_layer=hf["num_hidden_layers"], n_head=nh, n_kv_head=hf.get("num_key_value_heads") or nh,
-                    n_embd=C, mlp_ratio=inner // C, activation=act[hf.get("hidden_act", "relu2")],
+                    n_embd=C, mlp_ratio=inner // C, activation=_NANOCHAT_BACK[hf.get("hidden_act", "relu2")],
                     norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=float(rope.get("rope_theta", 10000.0)),
+                    # a missing key is transformers' default cap, not "no cap"
                     logit_softcap=hf.get("final_logit_softcapping", 15.0), zero_init=False, dropout=0.0,
-                    embed_norm=True, tie_embeddings=tie)
-        cfg = GPTConfig.modern(**{**args, **overrides})
-    except (KeyError, TypeError) as e:
+                    embed_norm=True, tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+        return GPTConfig.modern(**{**args, **overrides})
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"not a usable NanoChat config.json ({type(e).__name__}: {e})") from None
-    gpt = GPT(cfg)
-    nkv, hs = cfg.n_kv_head, cfg.head_dim
+
+
+def load_nanochat_tensors(gpt: GPT, hf: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Load a NanoChat state dict into ``gpt`` (built from ``nanochat_config``): norm gains all 1, rotary
+    sign undone, q/k/v stacked; a tied NanoChat head is its embedding."""
+    cfg = gpt.config
+    tie = bool(hf.get("tie_word_embeddings", False))
+    C, nh, nkv, hs = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_dim
     try:
         emb = tensors["model.embed_tokens.weight"].float()
         ones = torch.ones(C)
@@ -194,10 +207,18 @@ def nanochat_to_gpt(hf: dict[str, Any], tensors: dict[str, torch.Tensor], **over
                               f"{str(e)[:120]})") from None
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise CheckpointError(f"NanoChat weights lack {sorted(set(missing) - {'lm_head.weight'})[:4]}")
-    return gpt
 
 
 # ---------------------------------------------------------------------------- a run folder -> an HF folder
+
+
+def tokens_trained(meta: dict[str, Any]) -> int | None:
+    """Tokens the checkpoint was trained on: its iteration x the run's tokens per iteration (config.json's
+    ``resolved`` section); None when the folder does not say (a model saved outside train.py)."""
+    it, per = meta.get("iter"), (meta.get("resolved") or {}).get("tokens_per_iter")
+    if isinstance(it, int) and isinstance(per, int):
+        return it * per
+    return meta["tokens"] if isinstance(meta.get("tokens"), int) else None
 
 
 def model_card(meta: dict[str, Any], hf: dict[str, Any], tok: Any) -> str:
@@ -209,8 +230,11 @@ def model_card(meta: dict[str, Any], hf: dict[str, Any], tok: Any) -> str:
              f"- architecture: {hf['architectures'][0]}, tokenizer: {tok.kind} ({tok.vocab_size} ids)"]
     if train.get("dataset"):
         lines.append(f"- training data: {train['dataset']}")
-    if isinstance(meta.get("tokens"), int):
-        lines.append(f"- tokens trained: {meta['tokens']:,}")
+    tokens = tokens_trained(meta)
+    if tokens is not None:
+        lines.append(f"- tokens trained: {tokens:,}")
+    if isinstance(meta.get("iter"), int):
+        lines.append(f"- iterations: {meta['iter']:,}")
     if isinstance(meta.get("val_loss"), (int, float)):
         lines.append(f"- final val loss: {meta['val_loss']:.4f}")
     if isinstance(meta.get("val_bpb"), (int, float)):

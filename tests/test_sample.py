@@ -312,6 +312,41 @@ def test_init_from_local_hugging_face_gpt2_folder_uses_gpt2_tokenizer(tmp_path, 
     assert "gpt2 tokenizer (50257 tokens)" in err(proc)
 
 
+@pytest.mark.parametrize("preset", ["modern", "classic"])
+def test_init_from_exported_hf_folder_writes_as_the_run(tmp_path, preset):
+    """A run exported by export.py (NanoChat or GPT-2) samples through its own tokenizer.json as the run itself."""
+    import torch
+
+    import export
+    from data.tokenizer import train_bpe
+    from model import GPT, GPTConfig, save_model
+
+    bpe = train_bpe([UTF8_TEXT], vocab_size=270)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.preset(preset, block_size=64, vocab_size=bpe.vocab_size, n_layer=2, n_head=2, n_embd=32,
+                                 embed_norm=preset == "modern"))
+    with torch.no_grad():  # a spread of logits, so the greedy chain is not one repeated token
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    run, folder = tmp_path / "run", tmp_path / "hf"
+    save_model(model, run, {"tokenizer": bpe.save(run)})
+    assert export.main([f"--out_dir={run}", f"--to={folder}"]) == 0
+    args = ("--prompt", "猫が", "--temperature", "0", "--max_new_tokens", "40")
+    ours, back = sample_many(("--init_from", str(run), *args), ("--init_from", str(folder), *args))
+    assert ok(back).stdout == ok(ours).stdout and len(text(ours)) > len("猫が") + 1
+    assert "Hugging Face" in err(back) and f"({bpe.vocab_size} tokens)" in err(back)
+
+
+def test_init_from_nanochat_folder_without_tokenizer_is_one_line(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.NanoChatConfig(vocab_size=50, hidden_size=32, intermediate_size=128, num_hidden_layers=1,
+                                      num_attention_heads=2, max_position_embeddings=32)
+    transformers.NanoChatForCausalLM(cfg).save_pretrained(tmp_path)
+    proc = sample("--init_from", str(tmp_path), "--prompt", "hi")
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert err(proc).count("\n") == 1 and "no tokenizer.json beside the NanoChat weights" in err(proc)
+
+
 # ---------------------------------------------------------------------------- --attention
 
 
