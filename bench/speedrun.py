@@ -148,11 +148,17 @@ def _flops_per_token(out_dir: Path) -> float:
     return model.flops_per_token(model.config.block_size)
 
 
-def run_nanogpt(nanogpt_dir: Path, target: float) -> dict:
-    """nanoGPT's README CPU recipe, as its README gives it, in a subprocess; parse its eval lines."""
-    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
-           "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
-           "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0",
+NANOGPT_CPU_RECIPE = ["--compile=False", "--eval_iters=20", "--log_interval=1", "--block_size=64", "--batch_size=12",
+                      "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000",
+                      "--dropout=0.0"]
+
+
+def run_nanogpt(nanogpt_dir: Path, target: float, device: str = "cpu", recipe: list[str] | None = None) -> dict:
+    """nanoGPT's train.py on its shakespeare_char config in a subprocess on `device`; parse its eval lines.
+
+    `recipe` overrides its config (default: its README's CPU recipe; [] runs the config as it is, its GPU run)."""
+    recipe = NANOGPT_CPU_RECIPE if recipe is None else recipe
+    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", f"--device={device}", *recipe,
            f"--out_dir={tempfile.mkdtemp(prefix='nanogpt-out-')}"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=nanogpt_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -169,7 +175,7 @@ def run_nanogpt(nanogpt_dir: Path, target: float) -> dict:
     proc.wait()
     wall = time.perf_counter() - t0
     med_ms = statistics.median(iters_ms[10:]) if len(iters_ms) > 10 else float("nan")
-    return dict(time=wall, final=last_val, ttt=ttt, tok_s=12 * 64 / (med_ms / 1000))
+    return dict(time=wall, final=last_val, ttt=ttt, tok_s=12 * 64 / (med_ms / 1000) if recipe is NANOGPT_CPU_RECIPE else None)
 
 
 def run_ours_command(preset: str, seed: int, opts: SpeedrunOptions, work: Path) -> dict:
