@@ -90,14 +90,15 @@ class SpeedrunOptions:
 
 
 @torch.no_grad()
-def final_val_loss(out_dir: Path, data_dir: Path, batches: int) -> float:
-    """Score a run's latest weights on fixed val batches: batch 12, block 64, seed 0."""
+def final_val_loss(out_dir: Path, data_dir: Path, batches: int, block: int = 64) -> float:
+    """Score a run's latest weights on fixed val batches: batch 12, ``block`` tokens (at most the
+    model's), seed 0. The short race uses block 64 for everyone; the long race the model's own."""
     from data.loader import BatchLoader
     from model.checkpoint import load_model
 
     model, _ = load_model(out_dir)
     model.eval()
-    block = min(64, model.config.block_size)  # 64 for every preset raced; a tiny test model may have less
+    block = min(block, model.config.block_size)
     loader = BatchLoader(data_dir / "val.bin", block_size=block, batch_size=12, seed=0)
     total = 0.0
     for _ in range(batches):
@@ -153,29 +154,37 @@ NANOGPT_CPU_RECIPE = ["--compile=False", "--eval_iters=20", "--log_interval=1", 
                       "--dropout=0.0"]
 
 
+def stream_nanogpt(nanogpt_dir: Path, args: list[str], budget: float | None = None) -> tuple[list, list, float]:
+    """Run nanoGPT's train.py with ``args`` in a subprocess, stopped after ``budget`` seconds if given.
+    Returns its eval lines as (seconds, val loss), its iteration lines as (iteration, ms), and the wall time."""
+    cmd = [sys.executable, "train.py", *args, f"--out_dir={tempfile.mkdtemp(prefix='nanogpt-out-')}"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=nanogpt_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    evals, iters = [], []
+    try:
+        for line in proc.stdout:
+            if budget is not None and time.perf_counter() - t0 > budget:
+                break
+            if m := re.match(r"step \d+: train loss [\d.]+, val loss ([\d.]+)", line):
+                evals.append((time.perf_counter() - t0, float(m.group(1))))
+            if m := re.match(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", line):
+                iters.append((int(m.group(1)), float(m.group(2))))
+    finally:
+        proc.kill()
+        proc.wait()
+    return evals, iters, time.perf_counter() - t0
+
+
 def run_nanogpt(nanogpt_dir: Path, target: float, device: str = "cpu", recipe: list[str] | None = None) -> dict:
-    """nanoGPT's train.py on its shakespeare_char config in a subprocess on `device`; parse its eval lines.
+    """nanoGPT's train.py on its shakespeare_char config on `device`, to its end; time to `target` from its evals.
 
     `recipe` overrides its config (default: its README's CPU recipe; [] runs the config as it is, its GPU run)."""
     recipe = NANOGPT_CPU_RECIPE if recipe is None else recipe
-    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", f"--device={device}", *recipe,
-           f"--out_dir={tempfile.mkdtemp(prefix='nanogpt-out-')}"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=nanogpt_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ttt, last_val, iters_ms = None, None, []
-    for line in proc.stdout:
-        m = re.match(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", line)
-        if m:
-            last_val = float(m.group(2))
-            if ttt is None and last_val <= target:
-                ttt = time.perf_counter() - t0
-        m = re.match(r"iter \d+: loss [\d.]+, time ([\d.]+)ms", line)
-        if m:
-            iters_ms.append(float(m.group(1)))
-    proc.wait()
-    wall = time.perf_counter() - t0
-    med_ms = statistics.median(iters_ms[10:]) if len(iters_ms) > 10 else float("nan")
-    return dict(time=wall, final=last_val, ttt=ttt, tok_s=12 * 64 / (med_ms / 1000) if recipe is NANOGPT_CPU_RECIPE else None)
+    evals, iters, wall = stream_nanogpt(nanogpt_dir, ["config/train_shakespeare_char.py", f"--device={device}", *recipe])
+    ttt = next((t for t, val in evals if val <= target), None)
+    med_ms = statistics.median([ms for _, ms in iters[10:]]) if len(iters) > 10 else float("nan")
+    return dict(time=wall, final=evals[-1][1] if evals else None, ttt=ttt,
+                tok_s=12 * 64 / (med_ms / 1000) if recipe is NANOGPT_CPU_RECIPE else None)
 
 
 def run_ours_command(preset: str, seed: int, opts: SpeedrunOptions, work: Path) -> dict:
@@ -199,7 +208,8 @@ def run_ours_command(preset: str, seed: int, opts: SpeedrunOptions, work: Path) 
     logs = [r["tokens_per_sec"] for r in read_metrics(out_dir) if r.get("event") == "log"]
     in_budget = [r for r in evals if r["time"] <= opts.a100_budget]
     data_dir = work / f"data-{seed}" / "tinyshakespeare" / "char"
-    final = final_val_loss(out_dir, data_dir, opts.final_eval_batches)
+    # scored with the context it trained for: a shorter one would cost it loss it does not have
+    final = final_val_loss(out_dir, data_dir, opts.final_eval_batches, block=read_config(out_dir)["model"]["block_size"])
     reached = evals[-1]["val_loss"] <= opts.target and final <= opts.target
     resolved = read_config(out_dir)["resolved"]
     return dict(time=wall, ttt=wall if reached else None, final=final, iters=evals[-1]["iter"],
@@ -213,28 +223,12 @@ def run_nanogpt_budget(nanogpt_dir: Path, budget: float, eval_interval: int = 25
     wall time, then stopped. Only the device, compile and eval cost change: its 200-batch evals every
     250 iterations would never report within the budget on a CPU; 5 batches of 64 x 256 hold more
     tokens than our 20 of 24 x 128, and evals do not change training."""
-    cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False",
-           f"--eval_interval={eval_interval}", f"--eval_iters={eval_iters}", "--log_interval=1",
-           f"--out_dir={tempfile.mkdtemp(prefix='nanogpt-out-')}"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=nanogpt_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    last_val, last_val_at, iters, iters_ms = None, None, 0, []
-    try:
-        for line in proc.stdout:
-            if time.perf_counter() - t0 > budget:
-                break
-            m = re.match(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)", line)
-            if m:
-                last_val, last_val_at = float(m.group(2)), time.perf_counter() - t0
-            m = re.match(r"iter (\d+): loss [\d.]+, time ([\d.]+)ms", line)
-            if m:
-                iters = int(m.group(1))
-                iters_ms.append(float(m.group(2)))
-    finally:
-        proc.kill()
-        proc.wait()
-    med_ms = statistics.median(iters_ms[3:]) if len(iters_ms) > 3 else float("nan")
-    return dict(time=budget, final=last_val, final_at=last_val_at, iters=iters, tok_s=64 * 256 / (med_ms / 1000))
+    evals, iters, _ = stream_nanogpt(nanogpt_dir, [
+        "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", f"--eval_interval={eval_interval}",
+        f"--eval_iters={eval_iters}", "--log_interval=1"], budget)
+    med_ms = statistics.median([ms for _, ms in iters[3:]]) if len(iters) > 3 else float("nan")
+    return dict(time=budget, final=evals[-1][1] if evals else None, final_at=evals[-1][0] if evals else None,
+                iters=iters[-1][0] if iters else 0, tok_s=64 * 256 / (med_ms / 1000))
 
 
 def long_race(opts: SpeedrunOptions, work: Path, peaks: tuple[float, float]) -> None:
