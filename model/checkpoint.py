@@ -502,8 +502,8 @@ def resolve_source(name_or_folder: str | Path, which: str | None = None) -> Sour
         try:
             hf_config(meta)
         except CheckpointError as e:
-            raise CheckpointError(f"{path}: its {CONFIG_FILE} has no 'model' section (quillgpt) and is not a usable "
-                                  f"{label} config either ({e})") from None
+            raise CheckpointError(f"{path}: its {CONFIG_FILE} has no 'model' section (quillgpt) and is not a "
+                                  f"{label} config either: {e}") from None
         if not run_member(path, WEIGHTS_FILE).is_file():
             raise CheckpointError(f"{path}: no {WEIGHTS_FILE} beside its {label} {CONFIG_FILE}")
         return Source(None, name, meta, f"{path} (Hugging Face {label} folder)")
