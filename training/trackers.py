@@ -76,9 +76,10 @@ class TensorBoardTracker:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
             raise MissingTracker("--report_to=tensorboard needs tensorboard: pip install tensorboard") from e
-        # purge_step hides what was logged at or after it before: a resume drops the events a killed run
-        # wrote past its checkpoint, and a new run over an old folder (step 0) hides the old run's
-        start = resume_step or 0
+        # purge_step hides the events logged before at or after it: a run resumed from iteration N logs from
+        # N + 1 on, so what a killed run wrote past its checkpoint goes (as in metrics.jsonl), and a new run over
+        # an old folder (step 0) hides the old run's
+        start = 0 if resume_step is None else resume_step + 1
         self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start)
         self.writer.add_text("config", f"```\n{json.dumps(config, indent=1, default=str)}\n```", start)
 
