@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -191,3 +192,27 @@ def test_a_missing_tracker_package_is_one_line_and_exit_2_before_training(tmp_pa
     assert err == 'error: --report_to=trackio needs the trackio package: pip install trackio ' \
                   '(or pip install -e ".[dashboards]" for all of them)'
     assert not out.exists() and not (tmp_path / "data").exists()  # refused before data or run folder
+
+
+def test_a_resumed_wandb_run_continues_the_saved_run(tmp_path: Path, corpus, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    from model.checkpoint import load_train_state
+    from test_train import wandb_records
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "out"
+    run([*corpus, f"--out_dir={out}", "--max_iters=4", "--eval_interval=2", "--report_to=wandb",
+         "--wandb_mode=offline"])
+    run_id = load_train_state(out)["wandb_id"]
+    run([f"--out_dir={out}", "--init_from=resume", "--max_iters=6"])
+    assert load_train_state(out)["wandb_id"] == run_id
+    files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))  # one folder per process, the same run id
+    assert len(files) == 2 and {f.name for f in files} == {f"run-{run_id}.wandb"}, files
+
+    def history_steps(path: Path) -> list[int]:
+        return [r.history.step.num for r in wandb_records(path) if r.WhichOneof("record_type") == "history"]
+
+    deadline = time.time() + 30
+    while 6 not in history_steps(files[1]) and time.time() < deadline:  # wandb's writer process may lag behind
+        time.sleep(0.5)
+    assert max(history_steps(files[0])) == 4 and min(history_steps(files[1])) == 5 and 6 in history_steps(files[1])
