@@ -181,8 +181,15 @@ class Trackers:
             t.log_image(key, path, step)
 
     def finish(self) -> None:
+        """Finish every tracker, even after one failed (its error goes on once all are done)."""
+        failed: list[BaseException] = []
         for t in self.trackers:
-            t.finish()
+            try:
+                t.finish()
+            except Exception as e:
+                failed.append(e)
+        if failed:
+            raise failed[0]
 
 
 def open_trackers(names: list[str], out_dir: str | Path, config: dict[str, Any], run_id: str | None,
