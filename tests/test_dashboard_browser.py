@@ -73,6 +73,7 @@ def tensorboard_run(tmp_path: Path):
 
 def test_tensorboard_shows_the_runs_loss_series(browser, tensorboard_run: str, tmp_path: Path) -> None:  # noqa: F811
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(tensorboard_run)  # its default dashboard: every scalar tag as a card
@@ -83,6 +84,10 @@ def test_tensorboard_shows_the_runs_loss_series(browser, tensorboard_run: str, t
     # the tags of metrics.jsonl's log and eval events, each a card of the dashboard
     wanted = {"loss", "val_loss", "val_bpb", "grad_norm"}
     WebDriverWait(browser, 90, poll_frequency=0.5).until(lambda d: wanted <= lines(d))
+    # the tag filter leaves the loss series only (and the picture shows them)
+    browser.find_element(By.CSS_SELECTOR, "input[placeholder^='Filter tags']").send_keys("loss", Keys.ESCAPE)
+    WebDriverWait(browser, 60, poll_frequency=0.5).until(
+        lambda d: {"loss", "train_loss", "val_loss"} <= lines(d) and not {"grad_norm", "flops_per_sec"} & lines(d))
     shot = Path(os.environ.get("QUILLGPT_TENSORBOARD_PNG") or tmp_path / "tensorboard.png")
     browser.save_screenshot(str(shot))
     from PIL import Image
