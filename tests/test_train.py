@@ -407,12 +407,12 @@ def test_wandb_offline_logs_into_the_run_folder(tmp_path: Path, corpus, monkeypa
     assert len(files) == 1, list((tmp_path / "out").rglob("*"))
     keys: set[str] = set()
     deadline = time.time() + 30
-    while "val/loss" not in keys and time.time() < deadline:  # wandb's writer process may lag behind finish()
+    while "val_loss" not in keys and time.time() < deadline:  # wandb's writer process may lag behind finish()
         for record in wandb_records(files[0]):
             if record.WhichOneof("record_type") == "history":
                 keys |= {item.key or "/".join(item.nested_key) for item in record.history.item}
         time.sleep(0.5)
-    for key in ("train/loss", "val/loss", "lr", "grad_norm", "tokens_per_sec", "flops_per_sec", "tokens"):
+    for key in ("loss", "val_loss", "val_bpb", "lr", "grad_norm", "tokens_per_sec", "flops_per_sec", "tokens"):
         assert key in keys, (key, sorted(keys))
     assert any(k.startswith("sample") for k in keys), sorted(keys)  # the generated text, as wandb.Html
     assert any(k.startswith("attention") for k in keys), sorted(keys)  # the attention grid, as wandb.Image

@@ -15,6 +15,7 @@ from data.options import DataOptions
 from runtime.device import DEVICE_NAMES, DTYPES, check_device_name
 from runtime.errors import CheckpointError, ConfigError, DeviceError, UsageError
 from runtime.options import check_seed, coerce, opt
+from training.trackers import check_installed, parse_report_to, requested
 
 if TYPE_CHECKING:
     from data.prepare import PrepareOptions
@@ -112,9 +113,12 @@ class TrainConfig(DataOptions):
                                             "none = GPU table (no MFU on CPU)")
     target_loss: float | None = opt(None, "stop as soon as an eval's val loss is at or below this")
     # logging
-    wandb_log: bool = opt(False, "log to Weights & Biases")
-    wandb_project: str = opt("quillgpt", "wandb project")
-    wandb_run_name: str | None = opt(None, "wandb run name; none = wandb's")
+    report_to: str = opt("none", "dashboards the run also logs to: wandb, tensorboard (<out_dir>/tensorboard/), "
+                                 "trackio (its local store; watch with `trackio show`) or none; several with "
+                                 "commas, e.g. tensorboard,trackio")
+    wandb_log: bool = opt(False, "log to Weights & Biases: the same as --report_to=wandb")
+    wandb_project: str = opt("quillgpt", "wandb and trackio project")
+    wandb_run_name: str | None = opt(None, "wandb run name (none = wandb's), and trackio's before the run id")
     wandb_mode: str = opt("online", "online (falls back to offline without credentials), offline, disabled",
                           choices=("online", "offline", "disabled"))
 
@@ -140,6 +144,8 @@ class TrainConfig(DataOptions):
             raise UsageError(f"--device: {e}") from None
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise UsageError(f"--peak_flops must be > 0 (or none), got {self.peak_flops}")
+        self.report_to = ",".join(parse_report_to(self.report_to)) or "none"
+        check_installed(requested(self.report_to, self.wandb_log, self.wandb_mode))  # not after data and model
         self.prepare_options()  # the data options, checked by their own rules (data/prepare.py)
         if self.init_from == "scratch":
             scratch_config(self, vocab_size=1)  # the architecture asked for is a valid one

@@ -1,7 +1,8 @@
-"""The training dashboards: metrics.jsonl, loss.png, console progress, Weights & Biases, MFU.
+"""The training dashboards: metrics.jsonl, loss.png, console progress, MFU.
 
 Nothing here needs a service: ``metrics.jsonl`` and ``loss.png`` are always written in the run
-folder; wandb is optional (``--wandb_log``) and never blocks on a login prompt.
+folder. The optional tools (--report_to: wandb, TensorBoard, trackio) live in training/trackers.py
+and receive what metrics.jsonl receives.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ import io
 import json
 import netrc
 import os
-import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.checkpoint import METRICS_FILE, PLOT_FILE
 from runtime.atomic import atomic_write_bytes, naming
+
+if TYPE_CHECKING:
+    from training.trackers import Trackers
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s), keyed by a substring of torch.cuda.get_device_name().
 # More specific names come first: "H100 PCIe" must win over "H100".
@@ -73,9 +76,13 @@ class MetricsLog:
     killed past its last checkpoint; they are dropped (the file rewritten atomically) before
     appending, so iterations in the file and in loss.png never go backwards. A torn last line
     from a kill goes too, so the next record starts on a line of its own.
+
+    ``trackers``: the dashboards (--report_to) each event also goes to; ``close`` finishes them.
     """
 
-    def __init__(self, out_dir: str | Path, t0: float, keep_until: int | None = None) -> None:
+    def __init__(self, out_dir: str | Path, t0: float, keep_until: int | None = None,
+                 trackers: Trackers | None = None) -> None:
+        self.trackers = trackers
         self.path = Path(out_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.t0 = t0
@@ -90,9 +97,20 @@ class MetricsLog:
         with naming(self.path):
             while data:  # a raw write may take only part of it
                 data = data[self._f.write(data):]
+        if self.trackers is not None:
+            self.trackers.event(event, fields)
+
+    def image(self, key: str, path: str | Path, it: int) -> None:
+        """A picture the run folder holds (attention.png) for the trackers, at iteration ``it``."""
+        if self.trackers is not None:
+            self.trackers.image(key, path, it)
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        finally:
+            if self.trackers is not None:
+                self.trackers.finish()
 
 
 def truncate_metrics(path: Path, keep_until: int) -> None:
@@ -168,38 +186,6 @@ def wandb_has_credentials() -> bool:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
-
-
-class WandbLogger:
-    """A thin wrapper: init once (resuming the stored run id), log dicts, finish."""
-
-    def __init__(self, project: str, name: str | None, mode: str, out_dir: str | Path, config: dict[str, Any],
-                 run_id: str | None) -> None:
-        import wandb
-
-        if mode == "online" and not wandb_has_credentials():
-            print("wandb: no credentials (WANDB_API_KEY or a ~/.netrc entry); logging offline instead. "
-                  "Upload later with `wandb sync`.", file=sys.stderr)
-            mode = "offline"
-        self.wandb = wandb
-        self.run_id = run_id or secrets.token_hex(4)  # secrets: leaves the training RNGs untouched
-        self.run = wandb.init(project=project, name=name, id=self.run_id, resume="allow", mode=mode,
-                              dir=str(out_dir), config=config,
-                              settings=wandb.Settings(console="off", silent=True))
-
-    def log(self, data: dict[str, Any], step: int) -> None:
-        self.run.log({k: v for k, v in data.items() if v is not None}, step=step)
-
-    def log_image(self, key: str, path: str | Path, step: int) -> None:
-        self.run.log({key: self.wandb.Image(str(path))}, step=step)
-
-    def log_sample(self, text: str, step: int) -> None:
-        import html
-
-        self.run.log({"sample": self.wandb.Html(f"<pre>{html.escape(text)}</pre>")}, step=step)
-
-    def finish(self) -> None:
-        self.run.finish()
 
 
 def format_eta(seconds: float) -> str:

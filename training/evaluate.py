@@ -1,5 +1,5 @@
 """What an eval measures and records: the loss and bits per byte on fixed train/val batches, a short
-sample of text, the attention over a fixed val text; metrics.jsonl, loss.png, attention.png and wandb."""
+sample of text, the attention over a fixed val text; metrics.jsonl (and its dashboards), loss.png, attention.png."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def sample_text(model: Any, tokenizer: Any, n_tokens: int, device: str, seed: in
 
 def attention_at(model: Any, tokenizer: Any, data_folder: Path, out_dir: Path, it: int) -> Any:
     """Every layer's and head's weights over the val split's first tokens, the same text at every eval,
-    so attention.png (and wandb's "attention" image) shows the heads specialising as training goes on."""
+    so attention.png (and the dashboards' "attention" image) shows the heads specialising as training goes on."""
     n = min(ATTENTION_PROMPT_TOKENS, model.config.block_size)
     ids = read_tokens(data_folder / "val.bin")[:n].tolist()
     if len(ids) < 2:
@@ -96,10 +96,10 @@ def attention_at(model: Any, tokenizer: Any, data_folder: Path, out_dir: Path, i
                           title=f"{out_dir}: attention at iteration {it} (val split, first {len(ids)} tokens)")
 
 
-def record_eval(metrics: dashboard.MetricsLog, wb: dashboard.WandbLogger | None, out_dir: Path, it: int,
-                losses: dict[str, float | None], text: str, view: Any, tokens: int) -> None:
-    """An eval's losses, sample and attention picture go to metrics.jsonl, loss.png, attention.png
-    and wandb (rank 0)."""
+def record_eval(metrics: dashboard.MetricsLog, out_dir: Path, it: int, losses: dict[str, float | None], text: str,
+                view: Any) -> None:
+    """An eval's losses, sample and attention picture go to metrics.jsonl (and so to the --report_to
+    dashboards), loss.png and attention.png (rank 0)."""
     now = time.time()
     with writing(out_dir):
         metrics.write("eval", now, iter=it, train_loss=losses["train"], val_loss=losses["val"],
@@ -109,10 +109,5 @@ def record_eval(metrics: dashboard.MetricsLog, wb: dashboard.WandbLogger | None,
         dashboard.plot_losses(out_dir)
         if view is not None:
             write_picture(out_dir / ATTENTION_FILE, view)
-    if view is not None and wb is not None:
-        wb.log_image("attention", out_dir / ATTENTION_FILE, it)
-    if wb is not None:
-        bpb = {"val/bpb": losses["val_bpb"]} if losses["val_bpb"] is not None else {}
-        wb.log({"train/loss_eval": losses["train"], "val/loss": losses["val"], **bpb, "tokens": tokens}, step=it)
-        if text:
-            wb.log_sample(text, it)
+    if view is not None:
+        metrics.image("attention", out_dir / ATTENTION_FILE, it)

@@ -40,6 +40,7 @@ from training.precision import Precision, choose_precision
 from training.resolved import Resolved, cpu_line
 from training.run_folder import check_out_dir, check_same_tokenizer, start_writing
 from training.state import Counters, load_state, restore_counters, restore_optimizers
+from training.trackers import open_trackers, requested
 from training.trainer import Trainer
 
 LOWER_BOUND_VOCAB = {"char": 1, "gpt2": 50257}  # before the data is prepared (bpe: --vocab_size)
@@ -112,7 +113,7 @@ def set_up(cfg: TrainConfig, log_to_console: bool = True) -> Trainer:
             cfg=cfg, dist=dist, resolved=resolved, model=model, raw_model=raw_model, optimizers=optimizers,
             scaler=scaler, autocast=autocast(device, precision.dtype), train_loader=train_loader,
             eval_loaders=eval_loaders, data_folder=data_folder, tokenizer=tokenizer, governor=governor,
-            checkpoints=checkpoints, progress=progress, metrics=folder.metrics, wb=folder.wb,
+            checkpoints=checkpoints, progress=progress, metrics=folder.metrics,
             health=Health(device, scaler.is_enabled()), threads_before=threads_before, t_start=t_start,
             iter_num=counters.iter_num, best_val=counters.best_val, tokens_seen=counters.tokens_seen,
             saved_iter=counters.iter_num if resumed else None, last_loss=torch.zeros((), device=device),
@@ -272,44 +273,44 @@ def banner(cfg: TrainConfig, resolved: Resolved, data_folder: Path, muon: bool) 
 class RunFolder(NamedTuple):
     """What opening the run folder made: its logs and config.json's run fields (rank 0; empty elsewhere)."""
 
-    metrics: dashboard.MetricsLog | None
-    wb: dashboard.WandbLogger | None
+    metrics: dashboard.MetricsLog | None  # metrics.jsonl, and the --report_to dashboards it feeds
     extra: dict[str, Any]  # config.json's run fields: options, tokenizer spec, data, resolved
-    wandb_id: str | None  # the wandb run this one logs to (a resume continues the saved one)
+    wandb_id: str | None  # the wandb/trackio run this one logs to (a resume continues the saved one)
 
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
-        if self.wb is not None:
-            self.wb.finish()
 
 
 def open_run_folder(cfg: TrainConfig, dist: Dist, tokenizer: Any, meta: dict[str, Any], resolved: Resolved,
                     counters: Counters, t_start: float, say: Callable[[str], None]) -> RunFolder:
-    """A self-contained tokenizer, metrics.jsonl and wandb, and config.json's run fields (rank 0 writes).
+    """A self-contained tokenizer, metrics.jsonl and its dashboards, and config.json's run fields (rank 0 writes).
 
     The first writes of the run: --overwrite's deletion of the old run, temp files of a killed
     run removed, metrics.jsonl cut back to the resumed iteration, the tokenizer (if it changed).
     """
     if not dist.master or cfg.eval_only:
-        return RunFolder(None, None, {}, counters.wandb_id)
+        return RunFolder(None, {}, counters.wandb_id)
     out_dir, resumed = Path(cfg.out_dir), cfg.init_from == "resume"
     with writing(out_dir):
         deleted = start_writing(out_dir, overwrite=cfg.overwrite and not resumed)
         if deleted:
             say(f"--overwrite: deleted the previous run's {', '.join(deleted)} in {out_dir}")
         spec = tokenizer.save(out_dir)
-        metrics = dashboard.MetricsLog(out_dir, t_start, keep_until=counters.iter_num if resumed else None)
     extra = {"train": dataclasses.asdict(cfg), "tokenizer": spec,
              "data": {k: meta.get(k) for k in ("dataset", "source", "split", "vocab_size", "train_tokens",
                                                "val_tokens")},
              "resolved": resolved.record()}
-    if not (cfg.wandb_log and cfg.wandb_mode != "disabled"):
-        return RunFolder(metrics, None, extra, counters.wandb_id)
-    try:  # the values the run uses, not only the options given
-        wb = dashboard.WandbLogger(cfg.wandb_project, cfg.wandb_run_name, cfg.wandb_mode, out_dir,
-                                   {**dataclasses.asdict(cfg), "resolved": resolved.record()}, counters.wandb_id)
+    # the values the run uses, not only the options given
+    trackers = open_trackers(requested(cfg.report_to, cfg.wandb_log, cfg.wandb_mode), out_dir,
+                             {**dataclasses.asdict(cfg), "resolved": resolved.record()}, counters.wandb_id,
+                             counters.iter_num if resumed else None, cfg.wandb_project, cfg.wandb_run_name,
+                             cfg.wandb_mode)
+    try:
+        with writing(out_dir):
+            metrics = dashboard.MetricsLog(out_dir, t_start, keep_until=counters.iter_num if resumed else None,
+                                           trackers=trackers)
     except BaseException:
-        metrics.close()
+        trackers.finish()
         raise
-    return RunFolder(metrics, wb, extra, wb.run_id)
+    return RunFolder(metrics, extra, trackers.run_id)

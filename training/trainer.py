@@ -50,8 +50,7 @@ class Trainer:
     governor: ThreadGovernor | None
     checkpoints: Checkpoints
     progress: dashboard.Progress
-    metrics: dashboard.MetricsLog | None  # rank 0, unless eval_only
-    wb: dashboard.WandbLogger | None
+    metrics: dashboard.MetricsLog | None  # rank 0, unless eval_only; feeds the --report_to dashboards
     health: Health
     threads_before: int  # the thread count to put back at close()
     t_start: float
@@ -165,7 +164,7 @@ class Trainer:
         view = attention_at(self.raw_model, self.tokenizer, self.data_folder, self.out_dir, it) \
             if cfg.attention_png and not self.resolved.fsdp else None
         on_master(self.dist, "the eval's logging",
-                  lambda: record_eval(self.metrics, self.wb, self.out_dir, it, losses, text, view, self.tokens_seen))
+                  lambda: record_eval(self.metrics, self.out_dir, it, losses, text, view))
         self._checkpoint_after_eval(losses["val"], losses["val_bpb"])
         if cfg.target_loss is not None and losses["val"] <= cfg.target_loss:
             self.stopped = "target"
@@ -224,9 +223,6 @@ class Trainer:
             with writing(self.metrics.path):
                 self.metrics.write("log", now, iter=it, loss=loss_v, lr=lr_now, grad_norm=gn_v, tokens_per_sec=tok_s,
                                    mfu=mfu, flops_per_sec=flops_s, tokens=self.tokens_seen, threads=threads)
-        if self.wb is not None:
-            self.wb.log({"train/loss": loss_v, "lr": lr_now, "grad_norm": gn_v, "tokens_per_sec": tok_s, "mfu": mfu,
-                         "flops_per_sec": flops_s, "tokens": self.tokens_seen, "threads": threads}, step=it)
 
     # ------------------------------------------------------------------ stop
 
@@ -276,8 +272,6 @@ class Trainer:
         self.progress.close()
         if self.metrics is not None:
             self.metrics.close()
-        if self.wb is not None:
-            self.wb.finish()
         teardown(self.dist, barrier=not failed)
         torch.set_num_threads(self.threads_before)
 
