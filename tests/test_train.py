@@ -590,6 +590,27 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path: Path,
         torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=k)
 
 
+def test_fsdp_run_samples_what_its_final_weights_write_unsharded(tmp_path: Path, corpus) -> None:
+    """--fsdp with an eval sample: every rank runs the same cached generate (each forward gathers the
+    shards, so the ranks' forwards must match one for one), past the window (a re-prefill) too. The
+    run completes, and its last logged sample is the one its saved weights write, loaded whole, from
+    the same prompt and seed."""
+    from model.checkpoint import load_model, resolve_source, source_tokenizer
+    from training.evaluate import sample_text
+
+    out = tmp_path / "out"
+    torchrun(tmp_path, args(tmp_path, corpus, "--max_iters=4", "--eval_interval=2", "--optimizer=adamw", "--fsdp",
+                            "--sample_tokens=24", "--threads=1", "--attention_png=false"))
+    with open(out / "metrics.jsonl", encoding="utf-8") as f:
+        samples = [e for e in map(json.loads, f) if e["event"] == "sample"]
+    assert [e["iter"] for e in samples] == [0, 2, 4]
+    assert load_train_state(out)["sharded"] is True and load_train_state(out)["iter"] == 4
+    model, _ = load_model(out)
+    tokenizer = source_tokenizer(resolve_source(out))
+    assert sample_text(model, tokenizer, 24, "cpu", TrainConfig().seed) == samples[-1]["text"]
+    assert samples[-1]["text"] != samples[0]["text"]  # a trained model's sample, not the init's
+
+
 def test_fsdp_refuses_muon(capsys) -> None:
     code, err = exit_code(["--fsdp", "--optimizer=muon"], capsys)
     assert code == 2 and err == ("error: --fsdp shards every matrix across processes, and Muon orthogonalises whole "
