@@ -292,3 +292,61 @@ def test_ddp_is_wrapped_first_then_compiled(tmp_path) -> None:
         assert all(p.grad is not None for p in gpt.parameters() if p.requires_grad)
     finally:
         tdist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- resume without a shared filesystem
+
+RESUME_RUN = ("--max_iters=6", "--eval_interval=3", "--log_interval=1", "--dropout=0.1", "--out_dir=out")
+
+
+def _on_own_machine(rank: int, workdir: Path) -> None:
+    """Each rank in its own working directory, so the relative --out_dir=out is a different folder on
+    each: rank 0's holds the run, rank 1's never exists, as on a second machine without a shared disk."""
+    home = workdir / f"node{rank}"
+    home.mkdir(exist_ok=True)
+    os.chdir(home)
+
+
+def _scenario_resume_uninterrupted(rank: int, workdir: Path) -> dict:
+    import train
+
+    _on_own_machine(rank, workdir)
+    return {"iters": train.train(_config(workdir, *RESUME_RUN), log_to_console=False)["iters"]}
+
+
+def _scenario_resume_first_half(rank: int, workdir: Path) -> dict:
+    import train
+
+    _on_own_machine(rank, workdir)
+    return {"iters": train.train(_config(workdir, *RESUME_RUN, "--max_iters=3"), log_to_console=False)["iters"]}
+
+
+def _scenario_resume_second_half(rank: int, workdir: Path) -> dict:
+    import train
+
+    _on_own_machine(rank, workdir)
+    cfg = _config(workdir, *RESUME_RUN, "--init_from=resume")  # the whole command line: rank 1 has no config.json
+    return {"iters": train.train(cfg, log_to_console=False)["iters"]}
+
+
+def _losses(out_dir: Path) -> list[tuple[int, float]]:
+    with open(out_dir / "metrics.jsonl", encoding="utf-8") as f:
+        return [(e["iter"], e["loss"]) for e in map(json.loads, f) if e["event"] == "log"]
+
+
+def test_a_resume_reads_the_train_state_on_rank_0_only(tmp_path: Path) -> None:
+    """2 DDP processes, with dropout (each rank its own RNG stream), stopped at 3 and resumed to 6, while
+    only rank 0 can see the run folder: the same losses as the same job run through, and rank 1 held
+    its own dropout stream (else its masks, and the losses, would differ)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    for folder in (straight, split):
+        folder.mkdir()
+    assert [r["iters"] for r in run_ranks(straight, "resume_uninterrupted")] == [6, 6]
+    assert [r["iters"] for r in run_ranks(split, "resume_first_half")] == [3, 3]
+    assert (split / "node0" / "out" / "train_state.pt").is_file()
+    assert not (split / "node1" / "out" / "train_state.pt").exists()  # rank 1 cannot read it: it is not there
+    assert [r["iters"] for r in run_ranks(split, "resume_second_half")] == [6, 6]
+    assert not (split / "node1" / "out" / "train_state.pt").exists()
+    expected = _losses(straight / "node0" / "out")
+    assert [i for i, _ in expected] == list(range(1, 7))
+    assert _losses(split / "node0" / "out") == expected
