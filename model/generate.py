@@ -232,12 +232,16 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
                     repetition_penalty: float | None = None, stop_ids: list[int] | None = None,
                     seed: int | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
                     window_keep: int | None = None, compile: bool = False,
-                    vocab_limit: int | None = None,
+                    vocab_limit: int | None = None, kv_cache: KVCache | None = None,
                     on_step: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> Iterator[torch.Tensor]:
     """Yield each step's sampled tokens, (B,) int64, for up to ``max_new_tokens`` steps.
 
     ``vocab_limit``: only ids below it are sampled (a head padded past the tokenizer's vocabulary
     has rows no tokenizer can decode).
+
+    ``kv_cache``: a cache an earlier call decoded into, reused when it has the shape this call needs
+    (this model, batch size and length; else a new one is made). Its tensors keep their addresses,
+    so the compiled step's CUDA graph is replayed for it, where each new cache would record it again.
 
     A row that samples one of ``stop_ids`` is finished: it keeps repeating that token, and
     the stream ends early once every row is finished. ``on_step`` (if given) sees each step's
@@ -259,7 +263,11 @@ def generate_stream(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: i
     tokens[:, :T0] = idx
     n = T0  # tokens so far
     start = max(0, n - block)  # the window is tokens[start:n]
-    cache = model.new_kv_cache(B, cache_length(block, T0, max_new_tokens)) if use_cache else None
+    cache = None
+    if use_cache:
+        length = cache_length(block, T0, max_new_tokens)
+        same = kv_cache is not None and kv_cache.shape == (cfg.n_layer, B, cfg.n_kv_head, length, cfg.head_dim)
+        cache = kv_cache if same else model.new_kv_cache(B, length)
     pos = torch.zeros(1, dtype=torch.long, device=device) if compile else None  # the compiled step's token slot
     cache_start = start  # the cache holds tokens[cache_start : cache_start + cache.pos]
     seen = None
@@ -316,7 +324,7 @@ def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, *,
     ``callback`` (if given) receives each step's (B,) tokens as they are sampled. ``new`` is
     ``max_new_tokens`` unless every row hit a stop id first. Keyword arguments are those of
     ``generate_stream``: temperature, top_k, top_p, min_p, repetition_penalty, stop_ids, seed,
-    generator, use_cache, window_keep, compile, vocab_limit, on_step.
+    generator, use_cache, window_keep, compile, vocab_limit, kv_cache, on_step.
     """
     steps = []
     for nxt in generate_stream(model, idx, max_new_tokens, **kwargs):

@@ -541,3 +541,35 @@ def test_prepare_for_decoding_on_cpu_keeps_fp32_weights_under_autocast(dtype) ->
     assert prepare_for_decoding(model, torch.device("cpu"), dtype) == dtype  # fp32: float32 means no autocast
     assert not model.training
     assert all(torch.equal(before[k], v) and v.dtype == before[k].dtype for k, v in model.state_dict().items())
+
+
+def test_compiled_generations_reuse_one_cache_given_to_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache handed to five compiled generate calls of one shape is the one they decode into: no new
+    cache is made, its storage keeps its address (what lets a CUDA graph be replayed, not re-recorded),
+    one graph is compiled, and each call still gives the full-recompute tokens. Another shape gets a
+    cache of its own."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    gen = importlib.import_module("model.generate")
+    needs_cpu_compiler()
+    model = tiny("classic")
+    cache = model.new_kv_cache(2, gen.cache_length(model.config.block_size, 5, 12))
+    made = []
+    new_kv_cache = model.new_kv_cache
+    monkeypatch.setattr(model, "new_kv_cache", lambda *a, **k: made.append(a) or new_kv_cache(*a, **k))
+    torch._dynamo.reset()
+    counters.clear()
+    addresses = set()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for i in range(5):
+            idx = prompt(2, 5, seed=20 + i)
+            assert torch.equal(model.generate(idx, 12, temperature=0.0, compile=True, kv_cache=cache),
+                               reference_greedy(model, idx, 12, keep=16))
+            addresses.add((cache.k.data_ptr(), cache.v.data_ptr()))
+    assert made == [] and len(addresses) == 1
+    assert counters["stats"]["unique_graphs"] == 1
+    idx = prompt(3, 5, seed=30)  # a batch of 3: the given cache (2 rows) does not fit
+    assert torch.equal(model.generate(idx, 12, temperature=0.0, kv_cache=cache),
+                       reference_greedy(model, idx, 12, keep=16))
+    assert len(made) == 1 and made[0][0] == 3 and addresses == {(cache.k.data_ptr(), cache.v.data_ptr())}

@@ -590,6 +590,27 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly(tmp_path: Path,
         torch.testing.assert_close(p1, p2, rtol=1e-3, atol=1e-4, msg=k)
 
 
+def test_fsdp_run_samples_what_its_final_weights_write_unsharded(tmp_path: Path, corpus) -> None:
+    """--fsdp with an eval sample: every rank runs the same cached generate (each forward gathers the
+    shards, so the ranks' forwards must match one for one), past the window (a re-prefill) too. The
+    run completes, and its last logged sample is the one its saved weights write, loaded whole, from
+    the same prompt and seed."""
+    from model.checkpoint import load_model, resolve_source, source_tokenizer
+    from training.evaluate import sample_text
+
+    out = tmp_path / "out"
+    torchrun(tmp_path, args(tmp_path, corpus, "--max_iters=4", "--eval_interval=2", "--optimizer=adamw", "--fsdp",
+                            "--sample_tokens=24", "--threads=1", "--attention_png=false"))
+    with open(out / "metrics.jsonl", encoding="utf-8") as f:
+        samples = [e for e in map(json.loads, f) if e["event"] == "sample"]
+    assert [e["iter"] for e in samples] == [0, 2, 4]
+    assert load_train_state(out)["sharded"] is True and load_train_state(out)["iter"] == 4
+    model, _ = load_model(out)
+    tokenizer = source_tokenizer(resolve_source(out))
+    assert sample_text(model, tokenizer, 24, "cpu", TrainConfig().seed) == samples[-1]["text"]
+    assert samples[-1]["text"] != samples[0]["text"]  # a trained model's sample, not the init's
+
+
 def test_fsdp_refuses_muon(capsys) -> None:
     code, err = exit_code(["--fsdp", "--optimizer=muon"], capsys)
     assert code == 2 and err == ("error: --fsdp shards every matrix across processes, and Muon orthogonalises whole "
@@ -598,7 +619,8 @@ def test_fsdp_refuses_muon(capsys) -> None:
 
 def test_sigterm_to_torchrun_saves_between_log_steps(tmp_path: Path, corpus) -> None:
     """torchrun forwards SIGTERM to every rank and SIGKILLs them 30 s later: the ranks must agree to
-    stop at the next step, not at the next log step (here: never)."""
+    stop within seconds, not at the next log step (here: never), and without a collective per step;
+    the checkpoint they save resumes."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
            *args(tmp_path, corpus, "--max_iters=1000000", "--eval_interval=1000000", "--log_interval=1000000",
@@ -619,7 +641,16 @@ def test_sigterm_to_torchrun_saves_between_log_steps(tmp_path: Path, corpus) -> 
         proc.kill()
     assert time.time() - t0 < 25  # well inside torchrun's 30 s
     assert "stopped at iteration" in stdout and f"--init_from=resume --out_dir={out}" in stdout
-    assert load_train_state(out)["iter"] > 0
+    saved = load_train_state(out)["iter"]
+    assert saved > 0
+    # the ranks agreed on the stop less than once per step (their count, as the run reported it) ...
+    with open(out / "metrics.jsonl", encoding="utf-8") as f:
+        stops = [e for e in map(json.loads, f) if e["event"] == "stop"]
+    assert len(stops) == 1 and stops[0]["iter"] == stops[0]["saved_iter"] == saved and stops[0]["signal"] == "SIGTERM"
+    assert 1 <= stops[0]["stop_agreements"] < saved / 2 and stops[0]["stop_every"] > 1
+    # ... and what they saved resumes
+    torchrun(tmp_path, [f"--out_dir={out}", "--init_from=resume", f"--max_iters={saved + 2}"])
+    assert load_train_state(out)["iter"] == saved + 2 and [e["iter"] for e in logs(out)] == [saved + 2]
 
 
 # ---------------------------------------------------------------------------- nothing lost

@@ -292,3 +292,126 @@ def test_ddp_is_wrapped_first_then_compiled(tmp_path) -> None:
         assert all(p.grad is not None for p in gpt.parameters() if p.requires_grad)
     finally:
         tdist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- resume without a shared filesystem
+
+RESUME_RUN = ("--max_iters=6", "--eval_interval=3", "--log_interval=1", "--dropout=0.1", "--out_dir=out")
+
+
+def _on_own_machine(rank: int, workdir: Path) -> None:
+    """Each rank in its own working directory, so the relative --out_dir=out is a different folder on
+    each: rank 0's holds the run, rank 1's never exists, as on a second machine without a shared disk."""
+    home = workdir / f"node{rank}"
+    home.mkdir(exist_ok=True)
+    os.chdir(home)
+
+
+def _scenario_resume_uninterrupted(rank: int, workdir: Path) -> dict:
+    import train
+
+    _on_own_machine(rank, workdir)
+    return {"iters": train.train(_config(workdir, *RESUME_RUN), log_to_console=False)["iters"]}
+
+
+def _scenario_resume_first_half(rank: int, workdir: Path) -> dict:
+    import train
+
+    _on_own_machine(rank, workdir)
+    return {"iters": train.train(_config(workdir, *RESUME_RUN, "--max_iters=3"), log_to_console=False)["iters"]}
+
+
+def _scenario_resume_second_half(rank: int, workdir: Path) -> dict:
+    import train
+
+    _on_own_machine(rank, workdir)
+    cfg = _config(workdir, *RESUME_RUN, "--init_from=resume")  # the whole command line: rank 1 has no config.json
+    return {"iters": train.train(cfg, log_to_console=False)["iters"]}
+
+
+def _losses(out_dir: Path) -> list[tuple[int, float]]:
+    with open(out_dir / "metrics.jsonl", encoding="utf-8") as f:
+        return [(e["iter"], e["loss"]) for e in map(json.loads, f) if e["event"] == "log"]
+
+
+def test_a_resume_reads_the_train_state_on_rank_0_only(tmp_path: Path) -> None:
+    """2 DDP processes, with dropout (each rank its own RNG stream), stopped at 3 and resumed to 6, while
+    only rank 0 can see the run folder: the same losses as the same job run through, and rank 1 held
+    its own dropout stream (else its masks, and the losses, would differ)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    for folder in (straight, split):
+        folder.mkdir()
+    assert [r["iters"] for r in run_ranks(straight, "resume_uninterrupted")] == [6, 6]
+    assert [r["iters"] for r in run_ranks(split, "resume_first_half")] == [3, 3]
+    assert (split / "node0" / "out" / "train_state.pt").is_file()
+    assert not (split / "node1" / "out" / "train_state.pt").exists()  # rank 1 cannot read it: it is not there
+    assert [r["iters"] for r in run_ranks(split, "resume_second_half")] == [6, 6]
+    assert not (split / "node1" / "out" / "train_state.pt").exists()
+    expected = _losses(straight / "node0" / "out")
+    assert [i for i, _ in expected] == list(range(1, 7))
+    assert _losses(split / "node0" / "out") == expected
+
+
+# ---------------------------------------------------------------------------- what each rank holds under --fsdp
+
+FSDP_MODEL = ("--n_layer=2", "--n_head=2", "--n_embd=128", "--max_iters=1", "--eval_interval=1000")
+
+
+def _memory_limit(workdir: Path) -> int:
+    """Bytes between the pre-check's count for this model sharded over 2 processes and alone, for any
+    vocabulary a char tokenizer of the poem can have (the check runs before and after the data)."""
+    from training.config import scratch_config
+    from training.memory import training_bytes
+
+    cfg = _config(workdir, *FSDP_MODEL)
+    sharded = max(training_bytes(scratch_config(cfg, v), cfg, 4, shards=2) for v in (1, 256))
+    alone = min(training_bytes(scratch_config(cfg, v), cfg, 4) for v in (1, 256))
+    assert sharded < alone
+    return (sharded + alone) // 2
+
+
+def _scenario_fsdp_share(rank: int, workdir: Path) -> dict:
+    """Under a memory cap that only a sharded run fits: refused without --fsdp (one line, exit 2), and
+    with it trains; then what this rank holds of the parameters and AdamW moments."""
+    import contextlib
+    import io
+
+    import train
+    from runtime.options import run_main
+    from training.setup import set_up
+
+    os.environ["QUILLGPT_MEMORY_LIMIT"] = str(_memory_limit(workdir))
+    err = io.StringIO()
+    argv = [f"--input={workdir / 'poem.txt'}", "--dataset=poem", f"--data_dir={workdir / 'data'}",
+            f"--out_dir={workdir / 'alone'}", "--block_size=16", "--batch_size=4", "--eval_iters=1",
+            "--sample_tokens=0", "--device=cpu", "--dtype=float32", "--optimizer=adamw", "--compile=false",
+            *FSDP_MODEL]
+    with contextlib.redirect_stderr(err):
+        try:
+            run_main(lambda: train.main(argv))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    with set_up(_config(workdir, *FSDP_MODEL, "--fsdp"), log_to_console=False) as run:
+        run.step()  # AdamW's moments exist from the first step
+        params = list(run.raw_model.parameters())
+        moments = [v for o in run.optimizers for s in o.state.values() for v in s.values()
+                   if isinstance(v, torch.Tensor) and v.dim() > 0]  # exp_avg, exp_avg_sq (not the step count)
+        out = {"params_local": sum(p.to_local().numel() for p in params), "params": sum(p.numel() for p in params),
+               "moments_local": sum(m.to_local().numel() for m in moments), "moments": sum(m.numel() for m in moments),
+               "refused_code": code, "refused": err.getvalue()}
+    return out
+
+
+def test_fsdp_ranks_each_hold_half_and_only_the_sharded_run_passes_the_pre_check(tmp_path: Path) -> None:
+    r0, r1 = run_ranks(tmp_path, "fsdp_share")
+    for r in (r0, r1):  # without --fsdp, each rank would hold it all: refused before anything is built
+        assert r["refused_code"] == 2, r["refused"]
+        lines = r["refused"].strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and "needs at least" in lines[0]
+    assert r0["params"] == r1["params"] and r0["moments"] == r1["moments"] == 2 * r0["params"]
+    assert r0["params_local"] + r1["params_local"] == r0["params"]  # every parameter on exactly one rank
+    assert r0["moments_local"] + r1["moments_local"] == r0["moments"]
+    for r in (r0, r1):
+        assert 0.4 < r["params_local"] / r["params"] < 0.6 and 0.4 < r["moments_local"] / r["moments"] < 0.6
+    assert not (tmp_path / "alone").exists()  # the refused run wrote nothing

@@ -116,3 +116,18 @@ def check_divergence(loss_nonfinite: bool, skipped_in_a_row: int, iter_num: int,
     if skipped_in_a_row >= MAX_SKIPPED_STEPS:
         raise TrainingDiverged(f"{skipped_in_a_row} optimizer steps in a row were skipped for NaN/inf gradients "
                                f"(fp16 GradScaler) before iteration {iter_num}")
+
+
+# torchrun SIGKILLs its workers 30 s after it forwards a SIGTERM. Under DDP/FSDP the ranks agree on a
+# stop (a collective) at most about this long apart, which leaves most of the grace for the save.
+STOP_AGREEMENT_SECONDS = 5.0
+# The first steps compile and warm up, so their times say nothing of the steps after them: the ranks
+# agree at every one of these, and space their agreements by measured step time only afterwards.
+STOP_WARMUP_STEPS = 10
+
+
+def steps_between_stop_agreements(seconds_per_step: float, budget: float = STOP_AGREEMENT_SECONDS) -> int:
+    """How many steps of ``seconds_per_step`` fit in ``budget`` seconds (at least 1)."""
+    if not seconds_per_step > 0:  # also NaN: no measurement, agree at the next step
+        return 1
+    return max(1, int(budget / seconds_per_step))

@@ -72,15 +72,20 @@ def init_process_group(dist: Dist, device: str) -> None:
         dist.control = tdist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=30))
 
 
-def any_rank(dist: Dist, *flags: bool) -> list[bool]:
-    """OR each host-side flag across ranks (over gloo, no GPU sync), so every process takes the same branch."""
+def max_across_ranks(dist: Dist, values: list[float]) -> list[float]:
+    """The largest of each value over the ranks (host-side, over gloo: no GPU sync), the same on every rank."""
     if not dist.ddp:
-        return [bool(f) for f in flags]
+        return [float(v) for v in values]
     import torch.distributed as tdist
 
-    t = torch.tensor([float(f) for f in flags])
+    t = torch.tensor(values, dtype=torch.float64)
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX, group=dist.control)
-    return [bool(v) for v in t.tolist()]
+    return t.tolist()
+
+
+def any_rank(dist: Dist, *flags: bool) -> list[bool]:
+    """OR each host-side flag across ranks, so every process takes the same branch."""
+    return [v > 0 for v in max_across_ranks(dist, [float(f) for f in flags])]
 
 
 def mean_across_ranks(dist: Dist, values: list[float]) -> list[float]:

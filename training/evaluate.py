@@ -74,7 +74,11 @@ def bpb_text(bpb: float | None) -> str:
 
 
 def sample_text(model: Any, tokenizer: Any, n_tokens: int, device: str, seed: int) -> str:
-    """A short sample from a fixed prompt and seed (its own generator: training RNG untouched)."""
+    """A short sample from a fixed prompt and seed (its own generator: training RNG untouched).
+
+    Under FSDP every rank calls it with the same arguments: each forward gathers the shards, so the
+    ranks must make the same forwards, and with no stop ids their number is fixed by ``n_tokens``.
+    """
     prompt = [tokenizer.eot] if tokenizer.eot is not None else (tokenizer.encode("\n") or [0])
     was_training = model.training
     model.eval()

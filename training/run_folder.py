@@ -44,7 +44,7 @@ def check_out_dir(cfg: TrainConfig, master: bool = True) -> None:
     out = Path(cfg.out_dir)
     if master and not cfg.eval_only:
         remove_run_temps(out)
-    if cfg.init_from == "resume":
+    if cfg.init_from == "resume" and master:  # rank 0 alone reads a resume's state (training/state.py)
         check_resumable(out)
     if not master or cfg.eval_only:
         return  # eval_only writes nothing

@@ -39,7 +39,7 @@ from training.optim import configure_optimizers, keep_run_settings
 from training.precision import Precision, choose_precision
 from training.resolved import Resolved, cpu_line
 from training.run_folder import check_out_dir, check_same_tokenizer, start_writing
-from training.state import Counters, load_state, restore_counters, restore_optimizers
+from training.state import Counters, load_state, restore_counters, restore_optimizers, share_train_state
 from training.trackers import open_trackers, requested
 from training.trainer import Trainer
 
@@ -68,13 +68,20 @@ def set_up(cfg: TrainConfig, log_to_console: bool = True) -> Trainer:
         out_dir = Path(cfg.out_dir)
         console = dist.master and log_to_console
         say = print if console else (lambda text: None)
-        state = load_state(out_dir) if cfg.init_from == "resume" else None
+        resuming = cfg.init_from == "resume"
+        # rank 0 alone reads the run folder (share_train_state sends the others their part): the ranks on
+        # other machines need not see its filesystem
+        state = load_state(out_dir) if resuming and dist.master else None
         shards = dist.world_size if fsdp else 1  # FSDP: each process holds its share of the state
         check_fits_before_data(cfg, state, device, out_dir, shards)
         data_folder, meta, tokenizer = prepare(cfg, dist)
         if state is not None:
             check_same_tokenizer(out_dir, state, meta["tokenizer"], data_folder)
         init_process_group(dist, device)
+        if resuming:
+            state = share_train_state(dist, state)
+            if not dist.master:  # rank 0 made this check before the data was prepared
+                check_fits_before_data(cfg, state, device, out_dir, shards)
         model = build_model(cfg, state, meta["vocab_size"], device, out_dir, shards)
         precision = choose_precision(cfg, state, model, device, dist)
         governor, threads = thread_policy(cfg, device_type, dist, use_compile)

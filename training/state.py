@@ -146,10 +146,34 @@ def restore_optimizers(state: dict[str, Any], model: torch.nn.Module, optimizers
         raise CheckpointError(f"cannot restore the optimizer from {out_dir}: {str(e)[:200]}") from None
 
 
+def share_train_state(dist: Dist, state: dict[str, Any] | None) -> dict[str, Any]:
+    """Rank 0's train state on every rank, with each rank's own RNG streams as its ``"rng"`` (None: the
+    run was saved with another number of processes).
+
+    Only rank 0 reads train_state.pt, so the ranks on other machines need no shared filesystem: rank 0
+    sends the fields every rank uses (weights, optimizers, loader, counters) and scatters the RNG
+    streams, one per rank. The objects travel pickled over the job's gloo group, between its own
+    processes; the file itself was read with ``weights_only=True``.
+    """
+    if not dist.ddp:
+        return state
+    import torch.distributed as tdist
+
+    common: list[Any] = [None]
+    mine: list[Any] = [None]
+    parts = None
+    if dist.master:
+        common = [{k: v for k, v in state.items() if k not in ("rng", "rng_ranks")}]
+        parts = [rank_rng_state(state, r, dist.world_size) for r in range(dist.world_size)]
+    tdist.broadcast_object_list(common, src=0, group=dist.control)
+    tdist.scatter_object_list(mine, parts, src=0, group=dist.control)
+    return {**common[0], "rng": mine[0]}
+
+
 def restore_counters(state: dict[str, Any], dist: Dist, seed: int, out_dir: Path) -> Counters:
-    """This rank's RNG streams, and the counters the run stopped at."""
+    """This rank's RNG streams, and the counters the run stopped at (``state`` as share_train_state gives it)."""
     try:
-        rng = rank_rng_state(state, dist.rank, dist.world_size)
+        rng = state["rng"] if dist.ddp else rank_rng_state(state, dist.rank, dist.world_size)
         if rng is not None:
             set_rng_state(rng)
         else:  # resumed with another number of processes: fresh, distinct dropout streams

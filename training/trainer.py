@@ -22,8 +22,8 @@ from runtime.cpu import ThreadGovernor
 from training import dashboard
 from training.checkpoints import Checkpoints, due_after_eval
 from training.config import TrainConfig
-from training.control import StopRequest, TrainingDiverged
-from training.distributed import Dist, any_rank, gradient_sync, local_norm, on_master, teardown
+from training.control import STOP_WARMUP_STEPS, StopRequest, TrainingDiverged, steps_between_stop_agreements
+from training.distributed import Dist, gradient_sync, local_norm, max_across_ranks, on_master, teardown
 from training.evaluate import attention_at, bpb_text, combine_ranks, estimate_loss, record_eval, sample_text
 from training.health import Health
 from training.optim import lr_multiplier, set_lr
@@ -65,12 +65,17 @@ class Trainer:
     it_log: int = field(init=False)  # ... and this iteration
     stopped: str = "done"  # "done", "target", "signal" or "eval_only"
     moves_recorded: int = 0  # governor moves already written to metrics.jsonl
+    stop_every: int = 1  # steps between the ranks' stop agreements (see stop_requested)
+    stop_agreements: int = 0  # the collectives made for them, reported in metrics.jsonl and the result
+    agreed_iter: int = field(init=False)  # the iteration of the last agreement, and its time
+    t_agreed: float = field(init=False)
     results: dict[str, Any] = field(init=False)
     token_bytes: torch.Tensor = field(init=False)  # each id's UTF-8 length, on the device: for bits per byte
 
     def __post_init__(self) -> None:
         self.first_iter = self.iter_num
         self.t_log, self.it_log = time.time(), self.iter_num
+        self.agreed_iter, self.t_agreed = self.iter_num, time.perf_counter()
         self.results = {"out_dir": str(self.out_dir), "val_loss": None, "train_loss": None, "val_bpb": None,
                         "tokens_per_sec": None}
         self.token_bytes = torch.tensor(self.tokenizer.token_bytes(), dtype=torch.int64, device=self.resolved.device)
@@ -227,15 +232,25 @@ class Trainer:
     # ------------------------------------------------------------------ stop
 
     def stop_requested(self, stop: StopRequest) -> bool:
-        """A signal arrived on any rank: every rank agrees on this very step, saves, and ends.
+        """A signal arrived on any rank: every rank agrees on one step, saves there, and ends.
 
-        Checked every step (one flag over gloo, no GPU sync): torchrun SIGKILLs its workers 30 s after
-        forwarding a signal, so waiting for the next log step could lose the save. Nothing is saved
-        twice (a checkpoint already at this iteration stands), and nothing before the first step of a
-        new run: there is no progress to keep.
+        One process reads its own flag at every step. Under torchrun the ranks must agree, with a
+        collective (one gloo all-reduce, no GPU sync), and agreeing at every step would cost a host
+        round trip per step; so they agree every ``stop_every`` steps, after every eval, and at every
+        step while warming up. torchrun SIGKILLs its workers 30 s after it forwards a signal, so
+        ``stop_every`` is the number of steps that fit in STOP_AGREEMENT_SECONDS at the slowest rank's
+        pace since the last agreement: every rank derives the same number from the same agreed time,
+        so all call the collective on the same steps. Nothing is saved twice (a checkpoint already at
+        this iteration stands), and nothing before the first step of a new run: there is no progress
+        to keep.
         """
         it = self.iter_num
-        if not any_rank(self.dist, stop.requested is not None)[0]:
+        if self.dist.ddp:
+            if it < self.agreed_iter + self.stop_every and not self.eval_due():  # eval_due: it just evaluated
+                return False
+            if not self._agree_on_stop(stop.requested is not None):
+                return False
+        elif stop.requested is None:
             return False
         self.health.check(self.dist, it)
         saved = False
@@ -252,16 +267,34 @@ class Trainer:
                 done = "nothing trained yet, so nothing saved"
             resume = f". Resume with: {resume_command(self.out_dir)}" if self.saved_iter is not None else ""
             self.progress.message(f"stopped at iteration {it} ({signame}); {done}{resume}")
+            if self.metrics is not None:
+                with writing(self.metrics.path):
+                    self.metrics.write("stop", time.time(), iter=it, signal=signame, saved_iter=self.saved_iter,
+                                       stop_agreements=self.stop_agreements, stop_every=self.stop_every)
         self.stopped = "signal"
         return True
 
+    def _agree_on_stop(self, requested: bool) -> bool:
+        """One collective: was any rank signalled, and the slowest rank's wall time per step since the last
+        agreement (on a GPU the host waits for the device within a step or two, so this is the device's pace)."""
+        now = time.perf_counter()
+        per_step = (now - self.t_agreed) / max(self.iter_num - self.agreed_iter, 1)
+        flag, slowest = max_across_ranks(self.dist, [float(requested), per_step])
+        self.stop_agreements += 1
+        warm = self.iter_num - self.first_iter >= STOP_WARMUP_STEPS
+        self.stop_every = steps_between_stop_agreements(slowest) if warm else 1
+        self.agreed_iter, self.t_agreed = self.iter_num, now
+        return flag > 0
+
     def result(self) -> dict[str, Any]:
         """{"iters", "val_loss", "val_bpb", "train_loss", "best_val_loss", "time", "tokens_per_sec", "tokens", "out_dir",
-        "stopped", "saved_iter"}, where ``stopped`` is "done", "target", "signal" or "eval_only" and
-        ``saved_iter`` the iteration of the run folder's latest checkpoint (None: there is none)."""
+        "stopped", "saved_iter", "stop_agreements"}, where ``stopped`` is "done", "target", "signal" or
+        "eval_only" and ``saved_iter`` the iteration of the run folder's latest checkpoint (None: there is none);
+        ``stop_agreements`` counts the ranks' stop agreements (0 in one process)."""
         best = self.best_val if math.isfinite(self.best_val) else None
         return {**self.results, "iters": self.iter_num, "best_val_loss": best, "time": time.time() - self.t_start,
-                "tokens": self.tokens_seen, "stopped": self.stopped, "saved_iter": self.saved_iter}
+                "tokens": self.tokens_seen, "stopped": self.stopped, "saved_iter": self.saved_iter,
+                "stop_agreements": self.stop_agreements}
 
     def close(self, failed: bool = False) -> None:
         """End the dashboards and the process group; put the thread count back.
