@@ -32,7 +32,8 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     n_kv_head: int | None = None  # grouped-query attention: key/value heads; None = n_head
-    dropout: float = 0.0
+    dropout: float = 0.0  # on the embeddings and on each residual branch's output
+    attn_dropout: float | None = None  # on the attention weights; None = dropout (0 keeps the fused kernel)
     bias: bool = True  # biases in Linear layers and LayerNorm, as in GPT-2
     pos_emb: str = "learned"  # "learned" (GPT-2 wpe) or "rope" (rotary, applied to q and k)
     rope_theta: float = 10000.0
@@ -61,8 +62,11 @@ class GPTConfig:
             raise ConfigError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if self.pos_emb == "rope" and self.head_dim % 2 != 0:
             raise ConfigError(f"pos_emb='rope' needs an even head size, got n_embd/n_head = {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.attn_dropout is None:
+            self.attn_dropout = self.dropout
+        for name in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         for name, allowed in (("pos_emb", POS_EMB), ("norm", NORMS), ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -65,6 +65,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
+        # dropout on the attention weights sends CPU SDPA to its unfused path, which costs more than the rest
+        # of the dropout together; attn_dropout=0 keeps the fused kernel while the residuals still drop
+        self.attn_dropout = config.attn_dropout
 
     def qkv(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,7 +96,7 @@ class CausalSelfAttention(nn.Module):
         # no mask means plain causal attention (or one new token, which may see everything)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=(mask is None and T > 1),
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.gqa,
+            dropout_p=self.attn_dropout if self.training else 0.0, enable_gqa=self.gqa,
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # re-assemble all head outputs side by side (no copy if T == 1)
         y = self.c_proj(y)

@@ -74,7 +74,7 @@ def gpt2_export(gpt: GPT, vocab: int, eot: int | None) -> tuple[dict[str, Any], 
     hf = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": vocab,
           "n_positions": cfg.block_size, "n_embd": C, "n_layer": cfg.n_layer, "n_head": nh,
           "n_inner": cfg.mlp_ratio * C, "activation_function": GPT2_ACT[cfg.activation],
-          "resid_pdrop": drop, "embd_pdrop": drop, "attn_pdrop": drop, "layer_norm_epsilon": cfg.norm_eps,
+          "resid_pdrop": drop, "embd_pdrop": drop, "attn_pdrop": cfg.attn_dropout, "layer_norm_epsilon": cfg.norm_eps,
           "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
           "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": eot, "eos_token_id": eot,
           "pad_token_id": None, "dtype": "float32"}

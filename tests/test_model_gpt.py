@@ -277,3 +277,26 @@ def test_forward_never_moves_the_cache_and_input_pos_equals_cache_pos(preset: st
         implicit.advance(1)
         explicit.advance(1)
     assert implicit.pos == explicit.pos == 12
+
+
+def test_attn_dropout_defaults_to_dropout_and_drops_only_the_attention_weights() -> None:
+    assert GPTConfig(dropout=0.1).attn_dropout == 0.1
+    assert GPTConfig(dropout=0.1, attn_dropout=0.0).attn_dropout == 0.0
+    with pytest.raises(ConfigError, match="attn_dropout must be in"):
+        GPTConfig(attn_dropout=1.0)
+    x = torch.randn(2, 16, 32)
+
+    def attention_twice(attn_dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        cfg = GPTConfig.modern(n_layer=1, n_head=4, n_embd=32, block_size=16, vocab_size=64, zero_init=False,
+                               dropout=0.5, attn_dropout=attn_dropout)
+        attn = GPT(cfg).transformer.h[0].attn
+        attn.resid_dropout.eval()  # the residual's own dropout aside: what is left is the weights' dropout
+        rope = (GPT(cfg).rope_cos[:16], GPT(cfg).rope_sin[:16])
+        train = [attn(x, rope, None, None, 0) for _ in range(2)]
+        return *train, attn.eval()(x, rope, None, None, 0)
+
+    a, b, evaluated = attention_twice(0.0)  # the fused, deterministic path even in training
+    assert torch.equal(a, b) and torch.allclose(a, evaluated, atol=1e-6)
+    a, b, evaluated = attention_twice(0.5)
+    assert not torch.allclose(a, b) and not torch.allclose(a, evaluated)

@@ -308,8 +308,8 @@ def test_signal_handlers_are_restored_after_a_run(tmp_path: Path, corpus) -> Non
 
 
 def test_init_from_a_run_folder_with_dropout_trains_with_that_dropout(tmp_path: Path, corpus, capsys) -> None:
-    """`python train.py --init_from=<run folder> --dropout=0.1`: the new run's model has dropout 0.1
-    (the override used to be dropped for quillgpt run folders)."""
+    """`python train.py --init_from=<run folder> --dropout=0.1`: the new run's model has dropout 0.1,
+    and --attn_dropout its own value (the overrides used to be dropped for quillgpt run folders)."""
     from model import from_pretrained
 
     run(args(tmp_path, corpus, "--max_iters=2", "--eval_interval=2"))
@@ -317,11 +317,12 @@ def test_init_from_a_run_folder_with_dropout_trains_with_that_dropout(tmp_path: 
     assert json.loads((source / "config.json").read_text(encoding="utf-8"))["model"]["dropout"] == 0.0
     assert from_pretrained(str(source), dropout=0.1).config.dropout == 0.1
     tuned = tmp_path / "tuned"
-    assert train.main([*corpus, *TINY, f"--init_from={source}", "--dropout=0.1", "--max_iters=2",
+    assert train.main([*corpus, *TINY, f"--init_from={source}", "--dropout=0.1", "--attn_dropout=0.05", "--max_iters=2",
                        "--eval_interval=2", f"--out_dir={tuned}"]) == 0
     assert f"checkpoint in {tuned}" in capsys.readouterr().out
     meta = json.loads((tuned / "config.json").read_text(encoding="utf-8"))
     assert meta["model"]["dropout"] == 0.1 and meta["train"]["dropout"] == 0.1
+    assert meta["model"]["attn_dropout"] == 0.05  # its own option; without one it follows --dropout
     assert meta["train"]["init_from"] == str(source)
     assert load_train_state(tuned)["model_config"]["dropout"] == 0.1
 
@@ -363,6 +364,20 @@ def test_bad_input_in_a_subprocess_prints_no_traceback(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--n_layers=2"], cwd=tmp_path,
                           capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: unknown option --n_layers; did you mean --n_layer?"
+
+
+def test_compile_on_a_cpu_without_a_cxx_compiler_is_refused_before_any_work(tmp_path: Path) -> None:
+    """Inductor's own compiler search finds nothing on an empty PATH: one line, exit 2, no data prepared."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world\n" * 200, encoding="utf-8")
+    env = dict(subprocess_env(), PATH=str(tmp_path / "empty"))
+    env.pop("CXX", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--device=cpu", "--compile=true", f"--input={corpus}",
+                           "--max_iters=1", "--n_layer=1", "--n_embd=16", "--n_head=2"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("error: --compile=true on the CPU needs a C++ compiler"), proc.stderr
+    assert "--compile=false" in proc.stderr and not (tmp_path / "data").exists()
 
 
 def test_nonfinite_loss_stops_cleanly_and_keeps_the_checkpoint(tmp_path: Path, corpus, capsys) -> None:

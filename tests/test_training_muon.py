@@ -11,7 +11,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from training.muon import Muon, lr_scale, newton_schulz
 
-SHAPES = [(32, 96), (96, 32), (48, 48)]  # wide, tall (transposed inside), square
+# wide, tall (transposed inside), square; the repeats are orthogonalised as stacks, as a model's layers are
+SHAPES = [(32, 96), (96, 32), (48, 48), (32, 96), (96, 32), (32, 96)]
 
 
 def params(seed: int = 0) -> list[torch.Tensor]:

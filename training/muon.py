@@ -29,23 +29,30 @@ ORTHO_DTYPES = ("bfloat16", "float32", "float64")
 
 def newton_schulz(g: torch.Tensor, dtype: torch.dtype, steps: int = NS_STEPS,
                   coefficients: tuple[float, float, float] = NS_COEFFICIENTS, eps: float = EPS) -> torch.Tensor:
-    """An approximate orthogonalisation of the 2-D ``g`` (~ U Vᵀ of its SVD), computed in ``dtype``.
+    """An approximate orthogonalisation of ``g`` (~ U Vᵀ of its SVD), computed in ``dtype``: one
+    2-D matrix (rows, cols), or a stack (n, rows, cols) of same-shape matrices, each on its own.
 
     The quintic X <- aX + (bA + cA²)X with A = XXᵀ pushes every singular value towards ~1
     (into roughly [0.7, 1.2]: it trades exactness for speed, which does not hurt training).
-    Working on the wide orientation keeps A = XXᵀ the smaller of the two Gram matrices.
+    Working on the wide orientation keeps A = XXᵀ the smaller of the two Gram matrices. A stack
+    runs as batched matmuls: on a CPU a few large calls beat many small ones by about 2x.
     """
     a, b, c = coefficients
     x = g.to(dtype, copy=True)  # a copy even when g is already in dtype: it is scaled in place next
-    tall = g.size(0) > g.size(1)
+    single = x.dim() == 2
+    if single:
+        x = x.unsqueeze(0)  # (1, rows, cols)
+    tall = x.size(-2) > x.size(-1)
     if tall:
-        x = x.T
-    x.div_(x.norm().clamp(min=eps))  # Frobenius norm >= spectral norm: all singular values <= 1
+        x = x.mT
+    x.div_(x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps))  # Frobenius >= spectral norm: singular values <= 1
     for _ in range(steps):
-        gram = x @ x.T  # (rows, rows)
-        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)  # bA + cA²
-        x = torch.addmm(x, poly, x, beta=a)  # aX + (bA + cA²)X
-    return x.T if tall else x
+        gram = x @ x.mT  # (n, rows, rows)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # bA + cA²
+        x = torch.baddbmm(x, poly, x, beta=a)  # aX + (bA + cA²)X
+    if tall:
+        x = x.mT
+    return x[0] if single else x
 
 
 def lr_scale(shape: torch.Size) -> float:
@@ -90,6 +97,7 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
             dtype = getattr(torch, group["ortho_dtype"])
+            by_shape: dict[torch.Size, list[tuple[torch.Tensor, torch.Tensor]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -99,7 +107,11 @@ class Muon(torch.optim.Optimizer):
                 buf = state["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - mu)  # buf = mu * buf + (1 - mu) * g
                 update = p.grad.lerp(buf, mu) if group["nesterov"] else buf  # Nesterov: look one step ahead
-                update = newton_schulz(update, dtype, group["ns_steps"], eps=group["eps"])
-                p.mul_(1 - lr * wd)  # decoupled weight decay, with the unscaled lr (as torch)
-                p.add_(update, alpha=-lr * lr_scale(p.shape))
+                by_shape.setdefault(p.shape, []).append((p, update))
+            # every layer's matrices of one shape are orthogonalised together, as one stack
+            for shape, pairs in by_shape.items():
+                updates = newton_schulz(torch.stack([u for _, u in pairs]), dtype, group["ns_steps"], eps=group["eps"])
+                for (p, _), update in zip(pairs, updates):
+                    p.mul_(1 - lr * wd)  # decoupled weight decay, with the unscaled lr (as torch)
+                    p.add_(update, alpha=-lr * lr_scale(shape))
         return loss

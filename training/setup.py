@@ -29,7 +29,7 @@ from runtime.device import autocast, dtype_name, resolve_device, use_cuda_device
 from runtime.errors import UsageError
 from training import dashboard
 from training.checkpoints import Checkpoints
-from training.config import ARCH_FIELDS, TrainConfig, config_warnings, scratch_config
+from training.config import ARCH_FIELDS, TrainConfig, config_warnings, dropouts, scratch_config
 from training.distributed import (Dist, ddp_kwargs, dist_from_env, init_process_group, prepare_data, shard_model,
                                   sharded_grad_scaler, teardown)
 from training.health import Health
@@ -64,6 +64,8 @@ def set_up(cfg: TrainConfig, log_to_console: bool = True) -> Trainer:
         device = place(cfg, dist)
         device_type = device.split(":")[0]
         use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device_type == "cuda")
+        if use_compile and device_type == "cpu":
+            check_cpu_compiler()
         fsdp = cfg.fsdp and dist.ddp
         out_dir = Path(cfg.out_dir)
         console = dist.master and log_to_console
@@ -175,7 +177,7 @@ def build_model(cfg: TrainConfig, state: dict[str, Any] | None, data_vocab: int,
                              + ", ".join(f"--{k}={getattr(cfg, k)} (checkpoint: {saved[k]})" for k in changed)
                              + "; drop those options or start a new --out_dir")
         where = out_dir / STATE_FILE
-        model = GPT(model_config({"model": state["model_config"]}, where, dropout=cfg.dropout))
+        model = GPT(model_config({"model": state["model_config"]}, where, **dropouts(cfg)))
         load_tensors(model, state["model"], where)
     elif cfg.init_from == "scratch":
         mcfg = scratch_config(cfg, data_vocab)
@@ -183,7 +185,7 @@ def build_model(cfg: TrainConfig, state: dict[str, Any] | None, data_vocab: int,
         torch.manual_seed(cfg.seed)  # same init on every rank (DDP also broadcasts rank 0's weights)
         model = GPT(mcfg)
     else:
-        model = from_pretrained(cfg.init_from, dropout=cfg.dropout)  # refuses a model too big to hold
+        model = from_pretrained(cfg.init_from, **dropouts(cfg))  # refuses a model too big to hold
         check_fits(model.config, cfg, device, shards)
     mcfg = model.config
     if cfg.block_size > mcfg.block_size:
@@ -232,6 +234,18 @@ def build_loaders(cfg: TrainConfig, dist: Dist, folder: Path, vocab: int,
              for split in ("train", "val")}
     evals["val"]()  # a val split too short for one window is refused now, not at the first eval
     return train, evals
+
+
+def check_cpu_compiler() -> None:
+    """torch.compile on a CPU writes C++ and builds it: without a compiler it would fail only at the
+    first step, in a long traceback, after the data and model were made."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as e:  # inductor's InvalidCxxCompiler, or whatever a broken $CXX raises
+        raise UsageError(f"--compile=true on the CPU needs a C++ compiler, and none was found ({type(e).__name__}); "
+                         "install g++ (or set CXX), or pass --compile=false") from None
 
 
 def wrap_model(model: torch.nn.Module, dist: Dist, use_compile: bool, fsdp: bool, device_type: str,
