@@ -28,7 +28,7 @@ A run folder (``out_dir``) holds:
     best/                             model.safetensors + config.json + tokenizer at the best val loss
     metrics.jsonl, loss.png           one JSON line per log/eval event; the loss curves
     attention.png                     every layer's and head's attention over a fixed val text, at the last eval
-    wandb/                            only with --wandb_log
+    tensorboard/, wandb/              only with --report_to=tensorboard / wandb (or --wandb_log)
 """
 
 from __future__ import annotations
